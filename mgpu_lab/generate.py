@@ -1,0 +1,123 @@
+"""One process's work: greedy generation for a list of prompts, one at a time or in left-padded batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Completion:
+    """What one prompt produced: text, token ids and honest counts."""
+
+    index: int
+    prompt: str
+    text: str
+    token_ids: list[int] = field(repr=False)
+    prompt_tokens: int
+    generated_tokens: int
+    stop_reason: str  # "eos": the model ended it; "length": max_new_tokens cut it off
+
+
+def ensure_pad_token(tokenizer) -> None:
+    """Llama tokenizers have no pad token; padding reuses EOS, and the attention mask hides it."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def eos_ids(model, tokenizer) -> set[int]:
+    """Every token id that ends a sequence for this model."""
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, list) else [ids]) if ids is not None else set()
+    return ids | {tokenizer.eos_token_id}
+
+
+def check_prompts(model, tokenizer, prompts: list[str], max_new_tokens: int, indices: list[int]) -> None:
+    """Reject empty prompts, prompts that do not fit the model's context, and a max_new_tokens below 1."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
+    limit = model.config.max_position_embeddings
+    for number, prompt in zip(indices, prompts):
+        if not prompt.strip():
+            raise ValueError(f"Prompt {number} is empty. Fix: remove it, or give it some text.")
+        length = len(tokenizer(prompt).input_ids)
+        if length + max_new_tokens > limit:
+            raise ValueError(
+                f"Prompt {number} has {length} tokens; with max_new_tokens={max_new_tokens} it needs "
+                f"{length + max_new_tokens} positions but the model holds {limit}. "
+                "Fix: shorten the prompt or lower max_new_tokens."
+            )
+
+
+def count_until_eos(new_ids: list[int], stop_ids: set[int]) -> tuple[int, str]:
+    """Tokens generated up to and including the first EOS; what follows it in a batch is padding."""
+    for position, token in enumerate(new_ids):
+        if token in stop_ids:
+            return position + 1, "eos"
+    return len(new_ids), "length"
+
+
+def padded_batch(tokenizer, prompts: list[str], device: torch.device | str = "cpu", padding_side: str = "left",
+                 add_special_tokens: bool = True):
+    """Tokenize a batch; the right way keeps BOS and pads on the left, so every row's last token is real."""
+    ensure_pad_token(tokenizer)
+    return tokenizer(prompts, return_tensors="pt", padding=True, padding_side=padding_side,
+                     add_special_tokens=add_special_tokens).to(device)
+
+
+@torch.inference_mode()
+def generate_naive(model, tokenizer, prompts: list[str], max_new_tokens: int,
+                   indices: list[int] | None = None, force_length: bool = False) -> list[Completion]:
+    """The article's loop: one generate call per prompt."""
+    indices = list(range(len(prompts))) if indices is None else indices
+    check_prompts(model, tokenizer, prompts, max_new_tokens, indices)
+    completions = []
+    for index, prompt in zip(indices, prompts):
+        batch = tokenizer(prompt, return_tensors="pt").to(model.device)
+        completions += _completions(model, tokenizer, batch, [index], [prompt], max_new_tokens, force_length)
+    return completions
+
+
+@torch.inference_mode()
+def generate_batched(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 16,
+                     indices: list[int] | None = None, force_length: bool = False,
+                     **batch_options) -> list[Completion]:
+    """Batches of `batch_size` prompts in input order, left padded, one generate call per batch.
+
+    `batch_options` go to `padded_batch`: the lessons pass padding_side="right" or add_special_tokens=False
+    to show what goes wrong with them.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    indices = list(range(len(prompts))) if indices is None else indices
+    check_prompts(model, tokenizer, prompts, max_new_tokens, indices)
+    completions = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        batch = padded_batch(tokenizer, chunk, model.device, **batch_options)
+        completions += _completions(model, tokenizer, batch, indices[start:start + batch_size], chunk,
+                                    max_new_tokens, force_length)
+    return completions
+
+
+def _completions(model, tokenizer, batch, indices: list[int], prompts: list[str],
+                 max_new_tokens: int, force_length: bool) -> list[Completion]:
+    """Run one greedy generate call on a tokenized batch and cut each row into an honest Completion."""
+    ensure_pad_token(tokenizer)
+    output = model.generate(
+        **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+        min_new_tokens=max_new_tokens if force_length else None,
+    )
+    new_tokens = output[:, batch["input_ids"].shape[1]:].tolist()  # the prompt (and its padding) is cut off
+    stop_ids = eos_ids(model, tokenizer)
+    completions = []
+    for row, (index, prompt) in enumerate(zip(indices, prompts)):
+        count, reason = count_until_eos(new_tokens[row], stop_ids)
+        kept = new_tokens[row][:count]
+        completions.append(Completion(
+            index=index, prompt=prompt, text=tokenizer.decode(kept, skip_special_tokens=True),
+            token_ids=kept, prompt_tokens=int(batch["attention_mask"][row].sum()),
+            generated_tokens=count, stop_reason=reason,
+        ))
+    return completions

@@ -1,0 +1,226 @@
+"""Run a function on N processes (from a notebook, a script or torchrun) and bring rank 0's result back."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import pickle
+import socket
+import sys
+import tempfile
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from accelerate import notebook_launcher
+from accelerate.state import PartialState
+from accelerate.utils import patch_environment
+
+RESULT_FILE = "result.pkl"
+
+
+class LaunchError(RuntimeError):
+    """A launch that could not start or whose processes failed; the message says what to do."""
+
+    def __init__(self, message: str, details: str = ""):
+        super().__init__(message + (f"\n\n{details}" if details else ""))
+        self.message = message
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """What a launch will run: how many processes, on which device, with how many threads each."""
+
+    num_processes: int
+    device: str
+    threads_per_process: int
+    port: int
+
+    def describe(self) -> str:
+        """One truthful line about the launch, for the learner."""
+        if self.device == "cuda":
+            return f"Launching {self.num_processes} process(es), one per GPU (NCCL backend)."
+        return (
+            f"Launching {self.num_processes} CPU process(es) (gloo backend, "
+            f"{self.threads_per_process} thread(s) each)."
+        )
+
+
+def count_gpus() -> int:
+    """Number of CUDA GPUs, found through NVML so CUDA is not initialised in this process."""
+    with patch_environment(PYTORCH_NVML_BASED_CUDA_CHECK="1"):
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    """True when `port` can be bound on the loopback interface."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def already_launched() -> bool:
+    """True inside a process started by torchrun / accelerate launch (one process per rank exists)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
+
+
+def check_parent_is_clean() -> None:
+    """Refuse to fork when this process already holds CUDA or accelerate state the children would inherit."""
+    if torch.cuda.is_initialized():
+        raise LaunchError(
+            "CUDA was already initialised in this kernel before the launch, so forked processes cannot use the GPU. "
+            "Fix: restart the kernel and launch before anything touches the GPU (no model.to('cuda'), "
+            "no torch.cuda calls outside the launched function)."
+        )
+    if PartialState._shared_state:
+        raise LaunchError(
+            "An Accelerator (or PartialState) was created in this kernel, outside the launched function; "
+            "every forked process would inherit it and think it is rank 0. "
+            "Fix: restart the kernel and create the Accelerator only inside the function you launch."
+        )
+
+
+def plan_launch(num_processes: int | None = None, port: int | None = None) -> LaunchPlan:
+    """Choose device, process count, threads and port for a launch, checking each choice."""
+    gpus = count_gpus()
+    device = "cuda" if gpus else "cpu"
+    if num_processes is None:
+        num_processes = gpus or 2
+    if not isinstance(num_processes, int) or isinstance(num_processes, bool) or num_processes < 1:
+        raise LaunchError(f"num_processes must be a whole number >= 1, got {num_processes!r}.")
+    if gpus and num_processes > gpus:
+        raise LaunchError(
+            f"Asked for {num_processes} processes but this machine has {gpus} GPU(s); data parallelism "
+            f"runs one process per GPU. Fix: use num_processes <= {gpus}."
+        )
+    if port is None:
+        port = free_port()
+    elif not port_is_free(port):
+        raise LaunchError(
+            f"Port {port} is already in use (another launch or notebook?). "
+            "Fix: pass another port, or leave port=None to pick a free one."
+        )
+    threads = 1 if device == "cuda" else max(1, (os.cpu_count() or 1) // num_processes)
+    return LaunchPlan(num_processes, device, threads, port)
+
+
+def launch(fn: Callable[..., Any], *args: Any, num_processes: int | None = None,
+           port: int | None = None, verbose: bool = True) -> Any:
+    """Run `fn(*args)` on every process and return what rank 0's call returned."""
+    if already_launched():
+        return _run_in_this_process(fn, args)
+    check_parent_is_clean()
+    plan = plan_launch(num_processes, port)
+    if verbose:
+        print(plan.describe())
+    with tempfile.TemporaryDirectory(prefix="mgpu_lab-") as tmp:
+        child_args = (fn, args, Path(tmp), plan.threads_per_process, sys.stdout, sys.stderr)
+        env = dict(
+            ACCELERATE_USE_CPU="yes" if plan.device == "cpu" else "no",
+            OMP_NUM_THREADS=str(plan.threads_per_process),
+            TOKENIZERS_PARALLELISM="false",
+        )
+        try:
+            with patch_environment(**env):
+                _start(plan, child_args)
+        except Exception as error:
+            raise _failure(Path(tmp), error) from None
+        return _read_result(Path(tmp))
+
+
+def _run_in_this_process(fn: Callable[..., Any], args: tuple) -> Any:
+    """Under torchrun each rank is already a process: run here, on CPU when there is no GPU."""
+    if not count_gpus():
+        os.environ.setdefault("ACCELERATE_USE_CPU", "yes")
+    result = fn(*args)
+    _leave_process_group()
+    return result
+
+
+def _leave_process_group() -> None:
+    """Wait for every rank, then close the process group, so no rank exits while a peer still needs it."""
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def _start(plan: LaunchPlan, child_args: tuple) -> None:
+    """Fork the processes: accelerate's notebook_launcher for several, one forked child for one."""
+    if plan.num_processes == 1:
+        # notebook_launcher would run a single process inside this kernel and leave its state here.
+        torch.multiprocessing.start_processes(
+            _child_with_index, args=child_args, nprocs=1, start_method="fork"
+        )
+        return
+    with _quiet_torch_logs(), contextlib.redirect_stdout(io.StringIO()):  # drops "Launching training on N CUDAs"
+        notebook_launcher(_child, args=child_args, num_processes=plan.num_processes, use_port=str(plan.port))
+
+
+@contextlib.contextmanager
+def _quiet_torch_logs():
+    """A child's failure is reported once, by launch(); torch's launcher logs would repeat it as noise."""
+    loggers = [logging.getLogger(name) for name in ("torch.distributed.elastic", "torch.multiprocessing")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
+
+
+def _child_with_index(_index: int, *child_args: Any) -> None:
+    """Entry point for torch's start_processes, which passes the process index first."""
+    _child(*child_args)
+
+
+def _child(fn: Callable[..., Any], args: tuple, tmp: Path, threads: int, stdout, stderr) -> None:
+    """Runs in each forked process: call fn, save rank 0's result, record any error for the parent."""
+    sys.stdout, sys.stderr = stdout, stderr
+    torch.set_num_threads(threads)
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        result = fn(*args)
+    except BaseException as error:
+        (tmp / f"error-rank{rank}.txt").write_text(
+            f"{type(error).__name__}: {error}\n\n{traceback.format_exc()}"
+        )
+        raise
+    if rank == 0:
+        (tmp / RESULT_FILE).write_bytes(pickle.dumps(result))
+    _leave_process_group()
+
+
+def _failure(tmp: Path, error: Exception) -> LaunchError:
+    """The first failing rank's own exception message, or the launcher's when no rank recorded one."""
+    # The first rank to fail holds the cause; the others fail after it, when their peer disappears.
+    reports = sorted(tmp.glob("error-rank*.txt"), key=lambda path: path.stat().st_mtime_ns)
+    if not reports:
+        return LaunchError(f"The launch failed before any process ran the function: {error}")
+    first = reports[0]
+    rank = first.stem.removeprefix("error-rank")
+    message, _, child_traceback = first.read_text().partition("\n\n")
+    return LaunchError(f"Process {rank} raised {message}", f"(traceback in that process)\n{child_traceback}")
+
+
+def _read_result(tmp: Path) -> Any:
+    """Rank 0's return value, as pickled by the child."""
+    path = tmp / RESULT_FILE
+    if not path.exists():
+        raise LaunchError("The processes finished but rank 0 left no result.")
+    return pickle.loads(path.read_bytes())

@@ -1,0 +1,34 @@
+"""Plain-text views of a run for notebooks and the terminal: the summary, the split, a few completions."""
+
+from __future__ import annotations
+
+import textwrap
+
+from .generate import Completion
+
+
+def format_summary(summary: dict) -> str:
+    """The run's figures in a few aligned lines."""
+    return "\n".join([
+        f"mode: {summary['mode']}  model: {summary['model']} ({summary['dtype']})  "
+        f"processes: {summary['num_processes']} x {summary['device']}  batch size: {summary['batch_size']}",
+        f"prompts: {summary['prompts']}  prompt tokens: {summary['prompt_tokens']}  "
+        f"generated tokens: {summary['generated_tokens']} ({summary['stopped_at_eos']} prompts stopped at EOS)",
+        f"wall time: {summary['wall_s']:.2f} s  tokens/s: {summary['tokens_per_s']:.1f}",
+    ])
+
+
+def format_split(per_process: list[dict]) -> str:
+    """How many prompts and tokens each process handled."""
+    return "\n".join(f"process {p['process']}: {p['prompts']} prompts, {p['generated_tokens']} tokens generated"
+                     for p in per_process)
+
+
+def format_completions(results: list[Completion], count: int = 3, width: int = 100) -> str:
+    """The first `count` completions, each with its prompt, token count and why it stopped."""
+    blocks = []
+    for c in results[:count]:
+        text = textwrap.shorten(c.text.replace("\n", " ") or "(empty)", width=width, placeholder=" ...")
+        blocks.append(f"[{c.index}] {c.prompt}\n    -> {text}\n    ({c.generated_tokens} tokens, "
+                      f"stopped by {c.stop_reason})")
+    return "\n".join(blocks)
