@@ -114,8 +114,9 @@ def plan_launch(num_processes: int | None = None, port: int | None = None) -> La
             f"Port {port} is already in use (another launch or notebook?). "
             "Fix: pass another port, or leave port=None to pick a free one."
         )
-    threads = 1 if device == "cuda" else max(1, (os.cpu_count() or 1) // num_processes)
-    return LaunchPlan(num_processes, device, threads, port)
+    # One thread per process: a CPU process stands in for one GPU, and a forked child that starts an
+    # OpenMP team after its parent already ran one (say, a generate() in the kernel) hangs for ever.
+    return LaunchPlan(num_processes, device, 1, port)
 
 
 def launch(fn: Callable[..., Any], *args: Any, num_processes: int | None = None,

@@ -29,14 +29,14 @@ class TinyConfig:
     """The knobs of one training run (model shape, optimiser, data)."""
 
     vocab_size: int = 4096
-    hidden_size: int = 192
-    intermediate_size: int = 512
+    hidden_size: int = 256
+    intermediate_size: int = 688
     num_hidden_layers: int = 4
-    num_attention_heads: int = 6
+    num_attention_heads: int = 8
     context: int = 256
     batch_size: int = 16
-    steps: int = 1200
-    warmup_steps: int = 60
+    steps: int = 1500
+    warmup_steps: int = 100
     lr: float = 2e-3
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1
@@ -146,7 +146,8 @@ def train(model, train_stream: torch.Tensor, heldout_stream: torch.Tensor, cfg: 
         for group in optimiser.param_groups:
             group["lr"] = lr_at(step, cfg)
         batch = sample_batch(train_stream, cfg, generator)
-        loss = model(input_ids=batch, labels=batch).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # fp32 weights, bf16 matmuls: ~2x faster on CPU
+            loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimiser.step()
@@ -210,7 +211,7 @@ ends with `</s>` and has no pad token). It writes Austen-flavoured English and l
   MLP {c['intermediate_size']}, context {c['context']}, tied embeddings, {log['parameters']:,} parameters,
   stored as fp16.
 - **Training**: {c['steps']} steps of {c['batch_size']} x {c['context']} tokens ({log['tokens_seen']:,} tokens),
-  AdamW, lr {c['lr']} with {c['warmup_steps']} warm-up steps then cosine to {c['min_lr_ratio']} x, seed {c['seed']},
+  bf16 autocast over fp32 weights, AdamW, lr {c['lr']} with {c['warmup_steps']} warm-up steps then cosine to {c['min_lr_ratio']} x, seed {c['seed']},
   {log['wall_time_s'] / 60:.1f} min on {log['threads']} CPU threads.
 - **Loss**: final training loss {log['final_loss']:.3f} (mean of the last 50 steps), held-out {log['heldout_loss']:.3f}.
 

@@ -1,0 +1,107 @@
+"""The launcher: rank 0's result comes back, no state is left behind, and each mistake gets a clear error."""
+
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from accelerate.state import PartialState
+
+from mgpu_lab import launch as launch_module
+from mgpu_lab.hello import hello
+from mgpu_lab.launch import LaunchError, LaunchPlan, launch, plan_launch
+
+
+def fail_on_rank_one() -> None:
+    """Raise on rank 1 only, after joining the group, as a real bug in a lesson function would."""
+    from accelerate import Accelerator
+    from accelerate.utils import gather_object
+
+    accelerator = Accelerator()
+    if accelerator.process_index == 1:
+        raise ValueError("rank one is unhappy")
+    gather_object([accelerator.process_index])
+
+
+def test_two_processes_return_rank_zero_result(capfd):
+    messages = launch(hello, num_processes=2)
+    assert messages == ["Hello from process 0 of 2 (device: cpu)", "Hello from process 1 of 2 (device: cpu)"]
+    out = capfd.readouterr().out
+    assert out.count("Hello from process 1 of 2") == 1  # printed once, by the main process
+    assert "Launching 2 CPU process(es)" in out and "CUDA" not in out
+
+
+def test_two_then_one_then_two_in_one_process():
+    assert len(launch(hello, num_processes=2)) == 2
+    assert launch(hello, num_processes=1) == ["Hello from process 0 of 1 (device: cpu)"]
+    assert len(launch(hello, num_processes=2)) == 2
+    assert not PartialState._shared_state  # nothing was left in the calling process
+
+
+def test_child_exception_reaches_caller():
+    with pytest.raises(LaunchError) as caught:
+        launch(fail_on_rank_one, num_processes=2)
+    assert caught.value.message == "Process 1 raised ValueError: rank one is unhappy"
+
+
+def test_cuda_initialised_in_parent_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    with pytest.raises(LaunchError, match="restart the kernel"):
+        launch(hello, num_processes=2)
+
+
+def test_accelerator_made_in_parent_is_refused(monkeypatch):
+    monkeypatch.setattr(PartialState, "_shared_state", {"made": "outside"})
+    with pytest.raises(LaunchError, match="only inside the function you launch"):
+        launch(hello, num_processes=2)
+
+
+def test_more_processes_than_gpus_is_refused(monkeypatch):
+    monkeypatch.setattr(launch_module, "count_gpus", lambda: 2)
+    with pytest.raises(LaunchError, match="has 2 GPU"):
+        plan_launch(4)
+    assert plan_launch(None).num_processes == 2
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_bad_process_count_is_refused(bad):
+    with pytest.raises(LaunchError, match="whole number"):
+        plan_launch(bad)
+
+
+def test_port_in_use_is_refused():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        with pytest.raises(LaunchError, match=f"Port {port} is already in use"):
+            launch(hello, num_processes=2, port=port)
+
+
+def test_plan_describes_the_device_truthfully():
+    assert "CPU process" in LaunchPlan(2, "cpu", 1, 1).describe()
+    assert "one per GPU" in LaunchPlan(2, "cuda", 1, 1).describe()
+
+
+def test_children_use_one_thread_even_after_the_parent_used_several():
+    torch.set_num_threads(2)
+    (torch.ones(256, 256) @ torch.ones(256, 256)).sum()  # the parent now owns an OpenMP thread team
+    assert plan_launch(1).threads_per_process == 1
+    assert launch(torch.get_num_threads, num_processes=1, verbose=False) == 1
+
+
+def test_cli_hello_prints_each_rank_once():
+    out = subprocess.run([sys.executable, "-m", "mgpu_lab", "hello", "--num-processes", "3"],
+                         capture_output=True, text=True, check=True).stdout
+    assert [line.strip() for line in out.splitlines()[2:]] == [
+        f"Hello from process {i} of 3 (device: cpu)" for i in range(3)]
+
+
+def test_torchrun_runs_hello_without_launching_again():
+    done = subprocess.run(["torchrun", "--nproc_per_node", "2", "-m", "mgpu_lab", "hello"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Launching" not in done.stdout  # torchrun already made the processes
+    assert done.stdout.count("Hello from process 0 of 2") == 1
+    assert done.stdout.count("Hello from process 1 of 2") == 1

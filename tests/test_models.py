@@ -1,0 +1,73 @@
+"""Model presets: a real checkpoint folder, llama2-like tokenizer, deterministic small build, dtype choice."""
+
+import hashlib
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+from mgpu_lab import models
+from mgpu_lab.models import ModelNotFoundError, check_model, load_model, pick_dtype, presets
+
+
+def test_tiny_is_a_plain_hugging_face_folder():
+    model = AutoModelForCausalLM.from_pretrained(models.TINY)
+    assert isinstance(model, LlamaForCausalLM)
+    size = sum(p.stat().st_size for p in models.TINY.iterdir())
+    assert size < 10 * 2**20
+
+
+def test_tokenizer_behaves_like_llama2():
+    tokenizer = AutoTokenizer.from_pretrained(models.TINY)
+    ids = tokenizer("Hello world").input_ids
+    assert ids[0] == tokenizer.bos_token_id  # BOS added by default
+    assert tokenizer.eos_token is not None
+    assert tokenizer.pad_token is None
+    assert tokenizer.padding_side == "right"
+
+
+def test_tiny_loads_fp32_on_cpu(tiny):
+    model, _ = tiny
+    assert model.dtype == torch.float32 and model.device.type == "cpu" and not model.training
+
+
+def test_small_builds_deterministically(tmp_path, monkeypatch):
+    digests = []
+    for name in ("a", "b"):
+        monkeypatch.setenv("MGPU_LAB_CACHE", str(tmp_path / name))
+        folder = models.small_checkpoint()
+        digests.append(hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest())
+    assert digests[0] == digests[1]
+    model, tokenizer = load_model("small")
+    assert 20e6 < sum(p.numel() for p in model.parameters()) < 30e6
+    assert tokenizer.bos_token_id == AutoTokenizer.from_pretrained(models.TINY).bos_token_id
+
+
+@pytest.mark.parametrize("capability, dtype", [((8, 6), torch.bfloat16), ((9, 0), torch.bfloat16),
+                                               ((7, 5), torch.float16), ((6, 1), torch.float16)])
+def test_dtype_follows_gpu_capability(monkeypatch, capability, dtype):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert pick_dtype("cuda:0") == dtype
+
+
+def test_cpu_uses_fp32():
+    assert pick_dtype("cpu") == torch.float32
+
+
+def test_missing_model_names_the_fix():
+    with pytest.raises(ModelNotFoundError, match="Fix: pass a preset name"):
+        check_model("models/no-such-llama")
+
+
+def test_unknown_shape_lists_the_known_ones():
+    with pytest.raises(ModelNotFoundError, match="shape:llama2-7b"):
+        check_model("shape:gpt-9")
+
+
+@pytest.mark.parametrize("name, billions", [("shape:llama2-7b", 6.74), ("shape:llama2-13b", 13.0),
+                                            ("shape:mistral-7b", 7.24)])
+def test_shape_presets_have_the_real_size(name, billions):
+    assert name in presets()
+    with torch.device("meta"):
+        model = LlamaForCausalLM(models._shape_config(name))
+    assert sum(p.numel() for p in model.parameters()) / 1e9 == pytest.approx(billions, rel=0.01)
