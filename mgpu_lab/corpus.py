@@ -113,18 +113,20 @@ def split_sentences(paragraph: str) -> list[str]:
     return sentences
 
 
-def make_documents(paragraphs: list[str], seed: int = 0, sizes: tuple[int, ...] = (2, 3, 4)) -> list[str]:
-    """Cut paragraphs into documents of two or more sentences (a size drawn per document from `sizes`).
+def make_documents(paragraphs: list[str], seed: int = 0, min_words: tuple[int, int] = (30, 70)) -> list[str]:
+    """Cut paragraphs into documents of two or more sentences and at least N words (N drawn per document).
 
-    A whole paragraph rarely ends where a short completion should, and a single sentence teaches the
-    model to stop straight after a one-sentence prompt; a few sentences teach it to stop after a few.
-    Sentences left over at a paragraph's end (often one line of dialogue) join the next paragraph's.
+    A whole paragraph rarely ends where a short completion should, and short documents teach the model
+    to stop straight after a prompt that is already a sentence or two (the default prompts are famous
+    first lines); a few sentences and a word minimum above any prompt's length teach it to add a few
+    sentences, then stop. Sentences left over at a paragraph's end join the next paragraph's.
     """
     rng = random.Random(seed)
-    documents, pending, size = [], [], rng.choice(sizes)
+    documents, group, target = [], [], rng.randint(*min_words)
     for paragraph in paragraphs:
-        pending += split_sentences(paragraph)
-        while len(pending) >= size:
-            documents.append(" ".join(pending[:size]))
-            pending, size = pending[size:], rng.choice(sizes)
+        for sentence in split_sentences(paragraph):
+            group.append(sentence)
+            if len(group) >= 2 and sum(len(s.split()) for s in group) >= target:
+                documents.append(" ".join(group))
+                group, target = [], rng.randint(*min_words)
     return documents

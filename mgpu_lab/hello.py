@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
@@ -16,3 +17,24 @@ def hello() -> list[str]:
     for line in messages:
         accelerator.print(" ", line)
     return messages
+
+
+def what_each_process_sees() -> list[dict]:
+    """Run on every process: gather what each one knows about itself (rank, world size, device, threads)."""
+    accelerator = Accelerator()
+    me = {"process_index": accelerator.process_index, "local_process_index": accelerator.local_process_index,
+          "num_processes": accelerator.num_processes, "is_main_process": accelerator.is_main_process,
+          "device": str(accelerator.device), "backend": accelerator.state.backend,
+          "torch_threads": torch.get_num_threads()}
+    return gather_object([me])
+
+
+def gather_without_a_list() -> dict:
+    """Run on every process: what gather_object does with a bare string and a bare int instead of a list."""
+    accelerator = Accelerator()
+    text = gather_object(f"rank{accelerator.process_index}")  # a string is a sequence: its characters arrive
+    try:
+        number = gather_object(accelerator.process_index)
+    except TypeError as error:
+        number = f"{type(error).__name__}: {error}"
+    return {"gather_object(a string)": text, "gather_object(an int)": number}

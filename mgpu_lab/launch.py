@@ -127,7 +127,7 @@ def launch(fn: Callable[..., Any], *args: Any, num_processes: int | None = None,
     check_parent_is_clean()
     plan = plan_launch(num_processes, port)
     if verbose:
-        print(plan.describe())
+        print(plan.describe(), flush=True)  # flushed before the fork, so no child inherits it unprinted
     with tempfile.TemporaryDirectory(prefix="mgpu_lab-") as tmp:
         child_args = (fn, args, Path(tmp), plan.threads_per_process, sys.stdout, sys.stderr)
         env = dict(
@@ -202,6 +202,9 @@ def _child(fn: Callable[..., Any], args: tuple, tmp: Path, threads: int, stdout,
             f"{type(error).__name__}: {error}\n\n{traceback.format_exc()}"
         )
         raise
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
     if rank == 0:
         (tmp / RESULT_FILE).write_bytes(pickle.dumps(result))
     _leave_process_group()

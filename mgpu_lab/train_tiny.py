@@ -35,7 +35,7 @@ class TinyConfig:
     num_attention_heads: int = 8
     context: int = 256
     batch_size: int = 16
-    steps: int = 1500
+    steps: int = 1200
     warmup_steps: int = 100
     lr: float = 2e-3
     min_lr_ratio: float = 0.1
@@ -121,9 +121,10 @@ def sample_batch(stream: torch.Tensor, cfg: TinyConfig, generator: torch.Generat
 
 @torch.no_grad()
 def heldout_loss(model, stream: torch.Tensor, cfg: TinyConfig, max_windows: int = 32) -> float:
-    """Mean loss over consecutive held-out windows (at most `max_windows`)."""
+    """Mean loss over consecutive held-out windows (at most `max_windows`; one, if the stream is short)."""
     model.eval()
-    windows = stream[: len(stream) // cfg.context * cfg.context].view(-1, cfg.context)[:max_windows]
+    width = min(cfg.context, len(stream))
+    windows = stream[: len(stream) // width * width].view(-1, width)[:max_windows]
     losses = [model(input_ids=w, labels=w).loss.item() for w in windows.split(cfg.batch_size)]
     model.train()
     return sum(losses) / len(losses)
@@ -203,7 +204,8 @@ A toy, not a real LLM: it exists so the kit's lessons run offline on a laptop CP
 has the same shape of interface as llama2 (a `LlamaForCausalLM` and a tokenizer that adds `<s>`,
 ends with `</s>` and has no pad token). It writes Austen-flavoured English and little else.
 
-- **Corpus**: {log['corpus']} ({log['documents']} documents of 2-4 sentences, each `<s> text </s>`;
+- **Corpus**: {log['corpus']} ({log['documents']} documents of two or more sentences and at least 30-70 words,
+  each `<s> text </s>`;
   {log['heldout_documents']} held out). Licence: {log['licence']}. Gathered at training time by
   `mgpu_lab/corpus.py` from Debian's `r-cran-janeaustenr` package.
 - **Tokenizer**: byte-level BPE, {log['vocab_size']} tokens, trained on the same text.
