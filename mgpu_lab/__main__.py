@@ -6,10 +6,12 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from .distributed import run
 from .hello import hello
 from .launch import LaunchError, launch
+from .lessons import run_lessons
 from .models import ModelNotFoundError
 from .prompts import PromptFileError, default_prompts, load_prompts
 from .report import format_completions, format_split, format_summary
@@ -58,6 +60,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lessons(args: argparse.Namespace) -> int:
+    """The main job: every lesson notebook, end to end, on the bundled model."""
+    return run_lessons(Path(args.out))
+
+
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by every command that generates text."""
     parser.add_argument("--model", default="tiny", help="tiny, small, shape:NAME, or a checkpoint folder")
@@ -80,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "hello":
             add_run_options(sub)
         sub.set_defaults(handler=handler)
+    lessons = commands.add_parser("lessons", help="run every lesson notebook end to end")
+    lessons.add_argument("--out", default="results/lessons", help="where the executed notebooks go")
+    lessons.set_defaults(handler=cmd_lessons)
     return parser
 
 
