@@ -59,6 +59,13 @@ def split_for_rank(items: list, accelerator: Accelerator) -> list:
         return share
 
 
+def who_gets_what(count: int, apply_padding: bool = False) -> list[list[int]]:
+    """Run on every process: the prompt indices each rank receives from split_between_processes, gathered."""
+    accelerator = Accelerator()
+    with accelerator.split_between_processes(list(range(count)), apply_padding=apply_padding) as share:
+        return gather_object([share])
+
+
 def in_prompt_order(gathered: list[Completion], expected: int) -> list[Completion]:
     """Sort gathered completions by prompt index and check that each prompt has exactly one."""
     ordered = sorted(gathered, key=lambda c: c.index)

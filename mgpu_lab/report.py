@@ -32,3 +32,17 @@ def format_completions(results: list[Completion], count: int = 3, width: int = 1
         blocks.append(f"[{c.index}] {c.prompt}\n    -> {text}\n    ({c.generated_tokens} tokens, "
                       f"stopped by {c.stop_reason})")
     return "\n".join(blocks)
+
+
+def format_batch(tokenizer, batch) -> str:
+    """A tokenized batch as the model sees it: one row per prompt, padding shown as a dot."""
+    rows = []
+    for ids, mask in zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist()):
+        tokens = [tokenizer.convert_ids_to_tokens(i) if m else "·" for i, m in zip(ids, mask)]
+        rows.append(f"mask {''.join(map(str, mask))}  | " + " ".join(tokens))
+    return "\n".join(rows)
+
+
+def count_identical(these: list[Completion], those: list[Completion]) -> int:
+    """How many prompts got exactly the same generated tokens in two runs."""
+    return sum(a.token_ids == b.token_ids for a, b in zip(these, those))
