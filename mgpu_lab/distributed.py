@@ -40,12 +40,22 @@ class RunResult:
                 "results": [asdict(c) for c in self.results]}
 
 
+def mode_names() -> list[str]:
+    """Every generation mode the runner, the CLI and the benchmark accept."""
+    return list(_modes())
+
+
 def generator(mode: str) -> Callable[..., list[Completion]]:
     """The generation function behind a mode name."""
-    modes = {"naive": _naive, "batched": generate_batched}
+    modes = _modes()
     if mode not in modes:
         raise ValueError(f"Unknown mode {mode!r}. Known modes: {', '.join(modes)}.")
     return modes[mode]
+
+
+def _modes() -> dict[str, Callable[..., list[Completion]]]:
+    """Mode name -> one process's generation function."""
+    return {"naive": _naive, "batched": generate_batched}
 
 
 def _naive(model, tokenizer, prompts, max_new_tokens, batch_size, **kwargs) -> list[Completion]:
