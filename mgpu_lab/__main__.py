@@ -8,13 +8,14 @@ import os
 import sys
 from pathlib import Path
 
-from .distributed import run
+from .bench import Sweep, run_sweep, save_records
+from .distributed import mode_names, run
 from .hello import hello
-from .launch import LaunchError, launch
+from .launch import LaunchError, already_launched, launch
 from .lessons import run_lessons
-from .models import ModelNotFoundError
+from .models import ModelNotFoundError, check_model, is_synthetic
 from .prompts import PromptFileError, default_prompts, load_prompts
-from .report import format_completions, format_split, format_summary
+from .report import format_completions, format_records, format_split, format_summary
 
 
 def is_main_rank() -> bool:
@@ -48,6 +49,7 @@ def cmd_hello(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Lessons 2 and 3 from the terminal: naive or batched inference over the prompts."""
+    warn_if_synthetic(args.model)
     result = run(args.command, args.model, read_prompts(args.prompts), args.num_processes,
                  args.max_new_tokens, args.batch_size, verbose=not args.json)
     if not is_main_rank():
@@ -63,6 +65,64 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_lessons(args: argparse.Namespace) -> int:
     """The main job: every lesson notebook, end to end, on the bundled model."""
     return run_lessons(Path(args.out))
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """An argparse type for comma-separated counts such as 1,2,4."""
+    return tuple(positive_int(part) for part in text.split(","))
+
+
+def mode_list(text: str) -> tuple[str, ...]:
+    """An argparse type for comma-separated mode names."""
+    modes = tuple(text.split(","))
+    unknown = [m for m in modes if m not in mode_names()]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown mode(s) {', '.join(unknown)}; known: {', '.join(mode_names())}")
+    return modes
+
+
+def warn_if_synthetic(model: str) -> None:
+    """Say loudly that a shape preset's text is noise and that it always generates max_new_tokens."""
+    if is_synthetic(model):
+        print(f"NOTE: {model} has RANDOM weights: its text is noise, its throughput is real. Every prompt "
+              "generates the full --max-new-tokens, so runs are comparable.", file=sys.stderr)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Lesson 4 from the terminal: the sweep, its records on disk, and a table or JSON lines on stdout."""
+    check_model(args.model)
+    warn_if_synthetic(args.model)
+    if already_launched() and args.num_processes != (int(os.environ["WORLD_SIZE"]),):
+        raise ValueError(f"Under torchrun the process count is fixed: pass --num-processes {os.environ['WORLD_SIZE']}.")
+    sweep = Sweep(args.modes, args.num_processes, args.batch_sizes, args.max_new_tokens, args.model,
+                  tuple(read_prompts(args.prompts)), args.prompt_set or (args.prompts or "default"),
+                  args.repeats, args.bandwidth_gbs)
+    records = run_sweep(sweep, progress=is_main_rank())
+    if not is_main_rank():
+        return 0
+    jsonl, _ = save_records(records, Path(args.out))
+    if args.json:
+        print("\n".join(json.dumps(r) for r in records))
+    else:
+        print(format_records(records))
+        print(f"\nRecords appended to {jsonl} and {jsonl.with_suffix('.csv')}.")
+    return 0
+
+
+def add_bench_options(parser: argparse.ArgumentParser) -> None:
+    """Options of the bench command: comma lists for every swept dimension."""
+    parser.add_argument("--model", default="tiny", help="tiny, small, shape:NAME, or a checkpoint folder")
+    parser.add_argument("--modes", type=mode_list, default=("naive", "batched"),
+                        help=f"comma-separated, from: {', '.join(mode_names())}")
+    parser.add_argument("--num-processes", type=int_list, default=(1, 2), help="comma-separated, e.g. 1,2,4")
+    parser.add_argument("--batch-sizes", type=int_list, default=(16,), help="comma-separated, e.g. 8,16,32")
+    parser.add_argument("--max-new-tokens", type=int_list, default=(100,), help="comma-separated")
+    parser.add_argument("--prompts", help="a .txt or .jsonl prompt file (default: the article's 100 prompts)")
+    parser.add_argument("--prompt-set", help="a name for the prompt set in the records")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed runs per point; the median is kept")
+    parser.add_argument("--bandwidth-gbs", type=float, help="GPU memory bandwidth, for GPUs not in the table")
+    parser.add_argument("--out", default="results/bench", help="folder for records.jsonl and records.csv")
+    parser.add_argument("--json", action="store_true", help="print the records as JSON lines on stdout")
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -87,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "hello":
             add_run_options(sub)
         sub.set_defaults(handler=handler)
+    bench = commands.add_parser("bench", help="lesson 4: sweep modes x processes x batch sizes",
+                                description="Sweep and measure. Modes: " + ", ".join(mode_names()))
+    add_bench_options(bench)
+    bench.set_defaults(handler=cmd_bench)
     lessons = commands.add_parser("lessons", help="run every lesson notebook end to end")
     lessons.add_argument("--out", default="results/lessons", help="where the executed notebooks go")
     lessons.set_defaults(handler=cmd_lessons)

@@ -85,10 +85,15 @@ def in_prompt_order(gathered: list[Completion], expected: int) -> list[Completio
 
 
 def run_on_this_process(config: RunConfig) -> RunResult:
-    """The function every process runs: load, split, generate, gather, summarise."""
+    """The function every process runs: join the group, load the model, then one timed run."""
     accelerator = Accelerator()
-    generate = generator(config.mode)
     model, tokenizer = load_model(config.model, accelerator.device)
+    return timed_run(accelerator, model, tokenizer, config)
+
+
+def timed_run(accelerator: Accelerator, model, tokenizer, config: RunConfig) -> RunResult:
+    """Split, generate, gather, summarise; the clock runs between two barriers, so it covers the slowest rank."""
+    generate = generator(config.mode)
     share = split_for_rank(list(config.prompts), accelerator)
     accelerator.wait_for_everyone()
     start = time.perf_counter()

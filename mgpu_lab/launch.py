@@ -147,6 +147,8 @@ def _run_in_this_process(fn: Callable[..., Any], args: tuple) -> Any:
     """Under torchrun each rank is already a process: run here, on CPU when there is no GPU."""
     if not count_gpus():
         os.environ.setdefault("ACCELERATE_USE_CPU", "yes")
+        os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per CPU process, as launch() gives its children
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     result = fn(*args)
     _leave_process_group()
     return result

@@ -46,3 +46,13 @@ def format_batch(tokenizer, batch) -> str:
 def count_identical(these: list[Completion], those: list[Completion]) -> int:
     """How many prompts got exactly the same generated tokens in two runs."""
     return sum(a.token_ids == b.token_ids for a, b in zip(these, those))
+
+
+def format_records(records: list[dict]) -> str:
+    """Benchmark records as an aligned table: one line per configuration."""
+    lines = [f"{'mode':<10}{'procs':>6}{'batch':>7}{'new':>6}{'tokens':>9}{'wall s':>9}{'tokens/s':>11}{'roofline':>10}"]
+    for r in records:
+        roof = "-" if r.get("roofline_fraction") is None else f"{r['roofline_fraction']:.0%}"
+        lines.append(f"{r['mode']:<10}{r['num_processes']:>6}{r['batch_size']:>7}{r['max_new_tokens']:>6}"
+                     f"{r['generated_tokens']:>9}{r['wall_s']:>9.2f}{r['tokens_per_s']:>11.1f}{roof:>10}")
+    return "\n".join(lines)

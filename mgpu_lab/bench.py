@@ -1,0 +1,133 @@
+"""The benchmark: sweep modes x processes x batch sizes x new tokens, warm up, repeat, keep the median, record all."""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import itertools
+import json
+import platform
+import statistics
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import accelerate
+import torch
+import transformers
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from . import __version__
+from .distributed import RunConfig, timed_run
+from .launch import launch
+from .models import is_synthetic, load_model
+from .roofline import bandwidth_for, roofline_fraction
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """The grid a benchmark runs, and how often each point is repeated."""
+
+    modes: tuple[str, ...] = ("naive", "batched")
+    num_processes: tuple[int, ...] = (1, 2)
+    batch_sizes: tuple[int, ...] = (16,)
+    max_new_tokens: tuple[int, ...] = (100,)
+    model: str = "tiny"
+    prompts: tuple[str, ...] = ()
+    prompt_set: str = "default"
+    repeats: int = 3
+    bandwidth_gbs: float | None = None
+
+    def points(self) -> list[tuple[str, int, int, int]]:
+        """Every (mode, processes, batch size, new tokens) to measure; naive ignores the batch size."""
+        grid = itertools.product(self.modes, self.num_processes, self.batch_sizes, self.max_new_tokens)
+        return list(dict.fromkeys((m, n, 1 if m == "naive" else b, k) for m, n, b, k in grid))
+
+
+def measure_on_this_process(config: RunConfig, repeats: int) -> dict:
+    """Every process runs this: load once, one short warm-up run that is not counted, then `repeats` runs."""
+    accelerator = Accelerator()
+    model, tokenizer = load_model(config.model, accelerator.device)
+    warm_prompts = config.prompts[: accelerator.num_processes * config.batch_size]
+    timed_run(accelerator, model, tokenizer, replace(config, prompts=warm_prompts, max_new_tokens=4))
+    runs = [timed_run(accelerator, model, tokenizer, config).summary for _ in range(repeats)]
+    return {"runs": runs, "device_name": device_name(accelerator.device),
+            "model_params": model.num_parameters(),
+            "model_bytes": model.num_parameters() * model.dtype.itemsize}
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's marketing name, or the CPU's architecture."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"
+
+
+def make_record(sweep: Sweep, measured: dict) -> dict:
+    """One flat-enough record per configuration: the median of the repeats plus everything to compare later."""
+    runs = measured.pop("runs")
+    first = runs[0]
+    record = {key: first[key] for key in ("mode", "model", "dtype", "device", "num_processes", "batch_size",
+                                          "max_new_tokens", "prompts", "prompt_tokens", "generated_tokens")}
+    record.update(
+        prompt_set=sweep.prompt_set, synthetic=is_synthetic(sweep.model), repeats=len(runs),
+        wall_s=statistics.median(r["wall_s"] for r in runs),
+        tokens_per_s=statistics.median(r["tokens_per_s"] for r in runs),
+        wall_s_all=[r["wall_s"] for r in runs], **measured,
+        **roofline_columns(first, measured, sweep.bandwidth_gbs),
+        versions={"mgpu_lab": __version__, "torch": torch.__version__,
+                  "transformers": transformers.__version__, "accelerate": accelerate.__version__},
+        timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
+    record["tokens_per_s"] = round(record["tokens_per_s"], 2)
+    return record
+
+
+def roofline_columns(summary: dict, measured: dict, bandwidth_gbs: float | None) -> dict:
+    """Bandwidth used and the fraction of the memory-bandwidth bound reached, when the GPU is known."""
+    bandwidth = bandwidth_gbs or bandwidth_for(measured["device_name"])
+    if bandwidth is None:
+        return {"bandwidth_gbs": None, "roofline_fraction": None}
+    per_rank = -(-summary["prompts"] // summary["num_processes"])
+    batch = max(1, min(summary["batch_size"], per_rank))
+    fraction = roofline_fraction(summary["tokens_per_s"], summary["num_processes"], bandwidth,
+                                 measured["model_bytes"], batch)
+    return {"bandwidth_gbs": bandwidth, "roofline_fraction": round(fraction, 4)}
+
+
+def run_sweep(sweep: Sweep, progress: bool = True) -> list[dict]:
+    """Measure every point of the sweep, each in a fresh launch, and return one record per point."""
+    records = []
+    for mode, processes, batch, new_tokens in tqdm(sweep.points(), desc="bench", disable=not progress):
+        config = RunConfig(mode, sweep.model, sweep.prompts, new_tokens, batch)
+        measured = launch(measure_on_this_process, config, sweep.repeats, num_processes=processes, verbose=False)
+        records.append(make_record(sweep, measured))
+    return records
+
+
+def save_records(records: list[dict], out_dir: Path) -> tuple[Path, Path]:
+    """Append the records to records.jsonl in `out_dir`, and rewrite records.csv from every record there."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jsonl, table = out_dir / "records.jsonl", out_dir / "records.csv"
+    with jsonl.open("a") as handle:
+        handle.writelines(json.dumps(r) + "\n" for r in records)
+    everything = load_records(jsonl)
+    columns = list(dict.fromkeys(key for r in everything for key in r))
+    with table.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()}
+                         for r in everything)
+    return jsonl, table
+
+
+def load_records(path: Path) -> list[dict]:
+    """Records written by save_records (the .jsonl file)."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def speedups(records: list[dict]) -> list[dict]:
+    """Each record's tokens/s relative to the same mode and batch size on the fewest processes."""
+    base = {}
+    for r in sorted(records, key=lambda r: r["num_processes"]):
+        base.setdefault((r["mode"], r["batch_size"], r["max_new_tokens"]), r["tokens_per_s"])
+    return [{**r, "speedup": round(r["tokens_per_s"] / base[(r["mode"], r["batch_size"], r["max_new_tokens"])], 2)}
+            for r in records]

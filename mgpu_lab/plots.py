@@ -1,0 +1,38 @@
+"""Matplotlib figures for the scaling lesson: a learner's curve beside the article's and the scaling model's."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+
+from .scaling import article_results, predict_wall
+
+
+def plot_scaling(records: list[dict], mode: str = "batched", title: str = "") -> plt.Figure:
+    """Speed-up vs processes: this machine, the article's GPUs, and the scaling model for both."""
+    article = article_results()
+    table = article[mode]
+    batch = table.get("batch_size", 1)
+    mine = sorted((r for r in records if r["mode"] == mode), key=lambda r: r["num_processes"])
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    _speedup_panel(left, table["num_processes"], table["wall_s"], article["prompts"], batch,
+                   f"article: {article['gpu']}, {article['model']}")
+    if mine:
+        counts, walls = [r["num_processes"] for r in mine], [r["wall_s"] for r in mine]
+        _speedup_panel(left, counts, walls, mine[0]["prompts"], mine[0]["batch_size"], "this machine")
+        right.bar([str(n) for n in counts], [r["tokens_per_s"] for r in mine], color="tab:orange")
+    right.set(xlabel="processes", ylabel="tokens/s", title="this machine, measured")
+    left.plot([1, max(table["num_processes"])], [1, max(table["num_processes"])], ":", color="gray", label="ideal")
+    left.set_xticks(range(1, max(table["num_processes"]) + 1))
+    left.set(xlabel="processes (GPUs)", ylabel="speed-up over 1 process", title=f"{mode}: speed-up")
+    left.legend(fontsize=8)
+    figure.suptitle(title or f"Data-parallel scaling, {mode} mode")
+    figure.tight_layout()
+    return figure
+
+
+def _speedup_panel(axis, counts: list[int], walls: list[float], prompts: int, batch: int, label: str) -> None:
+    """Measured speed-up as dots and the batch-count model's prediction as a dashed staircase."""
+    predicted = predict_wall(walls[0], prompts, counts, batch)
+    line, = axis.plot(counts, [walls[0] / w for w in walls], "o-", label=f"{label}, measured")
+    axis.plot(counts, [walls[0] / p for p in predicted], "--", color=line.get_color(),
+              label=f"{label}, batch-count model")
