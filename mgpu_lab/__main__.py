@@ -13,6 +13,7 @@ from .distributed import mode_names, run
 from .hello import hello
 from .launch import LaunchError, already_launched, launch
 from .lessons import run_lessons
+from .plots import plot_scaling
 from .models import ModelNotFoundError, check_model, is_synthetic
 from .prompts import PromptFileError, default_prompts, load_prompts
 from .report import format_completions, format_records, format_split, format_summary
@@ -101,6 +102,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not is_main_rank():
         return 0
     jsonl, _ = save_records(records, Path(args.out))
+    if args.plot:
+        plot_scaling(records, mode=args.modes[-1]).savefig(args.plot, dpi=120)
     if args.json:
         print("\n".join(json.dumps(r) for r in records))
     else:
@@ -123,6 +126,7 @@ def add_bench_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bandwidth-gbs", type=float, help="GPU memory bandwidth, for GPUs not in the table")
     parser.add_argument("--out", default="results/bench", help="folder for records.jsonl and records.csv")
     parser.add_argument("--json", action="store_true", help="print the records as JSON lines on stdout")
+    parser.add_argument("--plot", help="save the scaling figure (the last mode's) to this PNG file")
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:

@@ -56,3 +56,11 @@ def format_records(records: list[dict]) -> str:
         lines.append(f"{r['mode']:<10}{r['num_processes']:>6}{r['batch_size']:>7}{r['max_new_tokens']:>6}"
                      f"{r['generated_tokens']:>9}{r['wall_s']:>9.2f}{r['tokens_per_s']:>11.1f}{roof:>10}")
     return "\n".join(lines)
+
+
+def format_comparison(rows: list[dict]) -> str:
+    """The scaling model against a measured table: calls on the busiest rank, measured and predicted seconds."""
+    lines = [f"{'GPUs':>4}{'calls':>7}{'measured s':>12}{'model s':>9}{'error':>8}"]
+    lines += [f"{r['num_processes']:>4}{r['calls']:>7}{r['measured_s']:>12.1f}{r['predicted_s']:>9.1f}{r['error']:>8.1%}"
+              for r in rows]
+    return "\n".join(lines)
