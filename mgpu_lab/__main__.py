@@ -8,8 +8,9 @@ import os
 import sys
 from pathlib import Path
 
+from . import doctor
 from .bench import Sweep, run_sweep, save_records
-from .distributed import mode_names, run
+from .distributed import MODES, mode_names, run
 from .hello import hello
 from .launch import LaunchError, already_launched, launch
 from .lessons import run_lessons
@@ -49,10 +50,10 @@ def cmd_hello(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    """Lessons 2 and 3 from the terminal: naive or batched inference over the prompts."""
+    """Lessons 2, 3 and 5 from the terminal: one inference run in the mode named by the subcommand."""
     warn_if_synthetic(args.model)
     result = run(args.command, args.model, read_prompts(args.prompts), args.num_processes,
-                 args.max_new_tokens, args.batch_size, verbose=not args.json)
+                 args.max_new_tokens, args.batch_size, verbose=not args.json, token_budget=args.token_budget)
     if not is_main_rank():
         return 0
     if args.json:
@@ -97,7 +98,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise ValueError(f"Under torchrun the process count is fixed: pass --num-processes {os.environ['WORLD_SIZE']}.")
     sweep = Sweep(args.modes, args.num_processes, args.batch_sizes, args.max_new_tokens, args.model,
                   tuple(read_prompts(args.prompts)), args.prompt_set or (args.prompts or "default"),
-                  args.repeats, args.bandwidth_gbs)
+                  args.repeats, args.bandwidth_gbs, args.token_budget)
     records = run_sweep(sweep, progress=is_main_rank())
     if not is_main_rank():
         return 0
@@ -123,6 +124,8 @@ def add_bench_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", help="a .txt or .jsonl prompt file (default: the article's 100 prompts)")
     parser.add_argument("--prompt-set", help="a name for the prompt set in the records")
     parser.add_argument("--repeats", type=positive_int, default=3, help="timed runs per point; the median is kept")
+    parser.add_argument("--token-budget", type=positive_int, default=4096,
+                        help="padded tokens per batch (budget, balanced)")
     parser.add_argument("--bandwidth-gbs", type=float, help="GPU memory bandwidth, for GPUs not in the table")
     parser.add_argument("--out", default="results/bench", help="folder for records.jsonl and records.csv")
     parser.add_argument("--json", action="store_true", help="print the records as JSON lines on stdout")
@@ -133,7 +136,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by every command that generates text."""
     parser.add_argument("--model", default="tiny", help="tiny, small, shape:NAME, or a checkpoint folder")
     parser.add_argument("--max-new-tokens", type=positive_int, default=100)
-    parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="prompts per batch (batched, sorted)")
+    parser.add_argument("--token-budget", type=positive_int, default=4096,
+                        help="padded tokens per batch (budget, balanced)")
     parser.add_argument("--prompts", help="a .txt file (one prompt a line) or .jsonl file (a \"prompt\" field)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout, nothing else")
 
@@ -142,9 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The `python -m mgpu_lab` parser with one subcommand per lesson."""
     parser = argparse.ArgumentParser(prog="python -m mgpu_lab", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    for name, handler, text in [("hello", cmd_hello, "lesson 1: gather a message from every process"),
-                                ("naive", cmd_generate, "lesson 2: one generate call per prompt"),
-                                ("batched", cmd_generate, "lesson 3: left-padded batches")]:
+    runs = [(name, cmd_generate, how.about) for name, how in MODES.items()]
+    for name, handler, text in [("hello", cmd_hello, "lesson 1: gather a message from every process"), *runs]:
         sub = commands.add_parser(name, help=text, description=text)
         sub.add_argument("--num-processes", type=positive_int, default=None,
                          help="default: one per GPU, or 2 CPU processes without a GPU")
@@ -155,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Sweep and measure. Modes: " + ", ".join(mode_names()))
     add_bench_options(bench)
     bench.set_defaults(handler=cmd_bench)
+    doctor_parser = commands.add_parser("doctor", help="check this machine before a workshop")
+    doctor.add_arguments(doctor_parser)
+    doctor_parser.set_defaults(handler=doctor.run)
     lessons = commands.add_parser("lessons", help="run every lesson notebook end to end")
     lessons.add_argument("--out", default="results/lessons", help="where the executed notebooks go")
     lessons.set_defaults(handler=cmd_lessons)

@@ -18,7 +18,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from . import __version__
-from .distributed import RunConfig, timed_run
+from .distributed import RunConfig, timed_run, uses_batch_size
 from .launch import launch
 from .models import is_synthetic, load_model
 from .roofline import bandwidth_for, roofline_fraction
@@ -37,18 +37,19 @@ class Sweep:
     prompt_set: str = "default"
     repeats: int = 3
     bandwidth_gbs: float | None = None
+    token_budget: int = 4096
 
-    def points(self) -> list[tuple[str, int, int, int]]:
-        """Every (mode, processes, batch size, new tokens) to measure; naive ignores the batch size."""
+    def points(self) -> list[tuple[str, int, int | None, int]]:
+        """Every (mode, processes, batch size, new tokens) to measure; modes without a batch size get None."""
         grid = itertools.product(self.modes, self.num_processes, self.batch_sizes, self.max_new_tokens)
-        return list(dict.fromkeys((m, n, 1 if m == "naive" else b, k) for m, n, b, k in grid))
+        return list(dict.fromkeys((m, n, b if uses_batch_size(m) else None, k) for m, n, b, k in grid))
 
 
 def measure_on_this_process(config: RunConfig, repeats: int) -> dict:
     """Every process runs this: load once, one short warm-up run that is not counted, then `repeats` runs."""
     accelerator = Accelerator()
     model, tokenizer = load_model(config.model, accelerator.device)
-    warm_prompts = config.prompts[: accelerator.num_processes * config.batch_size]
+    warm_prompts = config.prompts[: accelerator.num_processes * 4]
     timed_run(accelerator, model, tokenizer, replace(config, prompts=warm_prompts, max_new_tokens=4))
     runs = [timed_run(accelerator, model, tokenizer, config).summary for _ in range(repeats)]
     return {"runs": runs, "device_name": device_name(accelerator.device),
@@ -66,7 +67,8 @@ def make_record(sweep: Sweep, measured: dict) -> dict:
     runs = measured.pop("runs")
     first = runs[0]
     record = {key: first[key] for key in ("mode", "model", "dtype", "device", "num_processes", "batch_size",
-                                          "max_new_tokens", "prompts", "prompt_tokens", "generated_tokens")}
+                                          "token_budget", "max_new_tokens", "prompts", "prompt_tokens",
+                                          "generated_tokens", "padded_tokens", "padding_ratio")}
     record.update(
         prompt_set=sweep.prompt_set, synthetic=is_synthetic(sweep.model), repeats=len(runs),
         wall_s=statistics.median(r["wall_s"] for r in runs),
@@ -87,7 +89,7 @@ def roofline_columns(summary: dict, measured: dict, bandwidth_gbs: float | None)
     if bandwidth is None:
         return {"bandwidth_gbs": None, "roofline_fraction": None}
     per_rank = -(-summary["prompts"] // summary["num_processes"])
-    batch = max(1, min(summary["batch_size"], per_rank))
+    batch = max(1, min(summary["batch_size"] or 1, per_rank))
     fraction = roofline_fraction(summary["tokens_per_s"], summary["num_processes"], bandwidth,
                                  measured["model_bytes"], batch)
     return {"bandwidth_gbs": bandwidth, "roofline_fraction": round(fraction, 4)}
@@ -97,7 +99,7 @@ def run_sweep(sweep: Sweep, progress: bool = True) -> list[dict]:
     """Measure every point of the sweep, each in a fresh launch, and return one record per point."""
     records = []
     for mode, processes, batch, new_tokens in tqdm(sweep.points(), desc="bench", disable=not progress):
-        config = RunConfig(mode, sweep.model, sweep.prompts, new_tokens, batch)
+        config = RunConfig(mode, sweep.model, sweep.prompts, new_tokens, batch or 1, sweep.token_budget)
         measured = launch(measure_on_this_process, config, sweep.repeats, num_processes=processes, verbose=False)
         records.append(make_record(sweep, measured))
     return records
@@ -126,7 +128,7 @@ def load_records(path: Path) -> list[dict]:
 
 def speedups(records: list[dict]) -> list[dict]:
     """Each record's tokens/s relative to the same mode and batch size on the fewest processes."""
-    base = {}
+    base: dict = {}
     for r in sorted(records, key=lambda r: r["num_processes"]):
         base.setdefault((r["mode"], r["batch_size"], r["max_new_tokens"]), r["tokens_per_s"])
     return [{**r, "speedup": round(r["tokens_per_s"] / base[(r["mode"], r["batch_size"], r["max_new_tokens"])], 2)}

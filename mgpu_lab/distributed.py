@@ -9,7 +9,10 @@ from typing import Callable
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
-from .generate import Completion, generate_batched, generate_naive
+from .batching import balanced_split
+from .continuous import generate_continuous
+from .generate import (Completion, generate_batched, generate_budget, generate_naive, generate_sorted,
+                       prompt_lengths)
 from .launch import launch
 from .models import check_model, is_synthetic, load_model
 from .prompts import default_prompts
@@ -24,6 +27,7 @@ class RunConfig:
     prompts: tuple[str, ...] = ()
     max_new_tokens: int = 100
     batch_size: int = 16
+    token_budget: int = 4096
 
 
 @dataclass
@@ -40,33 +44,59 @@ class RunResult:
                 "results": [asdict(c) for c in self.results]}
 
 
+@dataclass(frozen=True)
+class Mode:
+    """A way to run the prompts: how one process generates, and whether prompts are split by tokens."""
+
+    generate: Callable[..., list[Completion]]
+    balanced: bool = False
+    about: str = ""
+
+
+MODES = {
+    "naive": Mode(lambda m, t, p, c, **kw: generate_naive(m, t, p, c.max_new_tokens, **kw),
+                  about="one generate call per prompt (the article's first program)"),
+    "batched": Mode(lambda m, t, p, c, **kw: generate_batched(m, t, p, c.max_new_tokens, c.batch_size, **kw),
+                    about="batches of --batch-size in input order (the article's second program)"),
+    "sorted": Mode(lambda m, t, p, c, **kw: generate_sorted(m, t, p, c.max_new_tokens, c.batch_size, **kw),
+                   about="batches of --batch-size prompts of similar length, order restored"),
+    "budget": Mode(lambda m, t, p, c, **kw: generate_budget(m, t, p, c.max_new_tokens, c.token_budget, **kw),
+                   about="length-sorted batches capped at --token-budget padded tokens"),
+    "balanced": Mode(lambda m, t, p, c, **kw: generate_budget(m, t, p, c.max_new_tokens, c.token_budget, **kw),
+                     balanced=True, about="token-budget batches, prompts split over processes by token count"),
+    "continuous": Mode(lambda m, t, p, c, **kw: generate_continuous(m, t, p, c.max_new_tokens, c.token_budget, **kw),
+                       about="continuous batching: transformers' generate_batch with paged attention"),
+}
+
+
+def uses_batch_size(name: str) -> bool:
+    """True for the modes whose batches are a fixed number of prompts."""
+    return name in ("batched", "sorted")
+
+
 def mode_names() -> list[str]:
     """Every generation mode the runner, the CLI and the benchmark accept."""
-    return list(_modes())
+    return list(MODES)
 
 
-def generator(mode: str) -> Callable[..., list[Completion]]:
-    """The generation function behind a mode name."""
-    modes = _modes()
-    if mode not in modes:
-        raise ValueError(f"Unknown mode {mode!r}. Known modes: {', '.join(modes)}.")
-    return modes[mode]
-
-
-def _modes() -> dict[str, Callable[..., list[Completion]]]:
-    """Mode name -> one process's generation function."""
-    return {"naive": _naive, "batched": generate_batched}
-
-
-def _naive(model, tokenizer, prompts, max_new_tokens, batch_size, **kwargs) -> list[Completion]:
-    """Naive mode ignores the batch size: one prompt per generate call."""
-    return generate_naive(model, tokenizer, prompts, max_new_tokens, **kwargs)
+def lookup_mode(name: str) -> Mode:
+    """The Mode behind a name, or an error listing the known ones."""
+    if name not in MODES:
+        raise ValueError(f"Unknown mode {name!r}. Known modes: {', '.join(MODES)}.")
+    return MODES[name]
 
 
 def split_for_rank(items: list, accelerator: Accelerator) -> list:
     """This process's contiguous share of `items`, each kept with its original index; no padding."""
     with accelerator.split_between_processes(list(enumerate(items))) as share:
         return share
+
+
+def balanced_share(prompts: list[str], tokenizer, max_new_tokens: int, accelerator: Accelerator) -> list:
+    """This process's share when prompts are split by token count; every rank computes the same split."""
+    costs = [length + max_new_tokens for length in prompt_lengths(tokenizer, prompts)]
+    mine = balanced_split(costs, accelerator.num_processes)[accelerator.process_index]
+    return [(i, prompts[i]) for i in mine]
 
 
 def who_gets_what(count: int, apply_padding: bool = False) -> list[list[int]]:
@@ -93,12 +123,14 @@ def run_on_this_process(config: RunConfig) -> RunResult:
 
 def timed_run(accelerator: Accelerator, model, tokenizer, config: RunConfig) -> RunResult:
     """Split, generate, gather, summarise; the clock runs between two barriers, so it covers the slowest rank."""
-    generate = generator(config.mode)
-    share = split_for_rank(list(config.prompts), accelerator)
+    how = lookup_mode(config.mode)
+    prompts = list(config.prompts)
+    share = (balanced_share(prompts, tokenizer, config.max_new_tokens, accelerator) if how.balanced
+             else split_for_rank(prompts, accelerator))
     accelerator.wait_for_everyone()
     start = time.perf_counter()
-    mine = generate(model, tokenizer, [p for _, p in share], config.max_new_tokens, config.batch_size,
-                    indices=[i for i, _ in share], force_length=is_synthetic(config.model))
+    mine = how.generate(model, tokenizer, [p for _, p in share], config,
+                        indices=[i for i, _ in share], force_length=is_synthetic(config.model))
     seconds = time.perf_counter() - start
     gathered = gather_object(mine)
     timings = gather_object([{"process": accelerator.process_index, "prompts": len(share),
@@ -113,25 +145,29 @@ def timed_run(accelerator: Accelerator, model, tokenizer, config: RunConfig) -> 
 def summarize(config: RunConfig, results: list[Completion], wall: float, accelerator, model) -> dict:
     """The run's figures: what ran where, honest token counts, wall time between barriers, tokens/s."""
     generated = sum(c.generated_tokens for c in results)
+    real = sum(c.prompt_tokens + c.generated_tokens for c in results)
+    padded = sum(c.padded_tokens for c in results)
     return {
         "mode": config.mode, "model": config.model, "dtype": str(model.dtype).removeprefix("torch."),
         "device": accelerator.device.type, "num_processes": accelerator.num_processes,
-        "batch_size": config.batch_size if config.mode != "naive" else 1,
+        "batch_size": config.batch_size if uses_batch_size(config.mode) else None,
+        "token_budget": config.token_budget if config.mode in ("budget", "balanced") else None,
         "max_new_tokens": config.max_new_tokens, "prompts": len(results),
         "prompt_tokens": sum(c.prompt_tokens for c in results), "generated_tokens": generated,
         "stopped_at_eos": sum(c.stop_reason == "eos" for c in results),
+        "padded_tokens": padded, "padding_ratio": round(padded / real, 3) if real else 0.0,
         "wall_s": round(wall, 4), "tokens_per_s": round(generated / wall, 2) if wall > 0 else 0.0,
     }
 
 
 def run(mode: str = "batched", model: str = "tiny", prompts: list[str] | None = None,
         num_processes: int | None = None, max_new_tokens: int = 100, batch_size: int = 16,
-        verbose: bool = True) -> RunResult:
+        verbose: bool = True, token_budget: int = 4096) -> RunResult:
     """Launch one inference run on `num_processes` processes and return rank 0's ordered result."""
-    generator(mode)  # an unknown mode or model fails here, before any process starts
+    lookup_mode(mode)  # an unknown mode or model fails here, before any process starts
     check_model(model)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if batch_size < 1 or token_budget < 1:
+        raise ValueError(f"batch_size and token_budget must be >= 1, got {batch_size} and {token_budget}.")
     config = RunConfig(mode, model, tuple(default_prompts() if prompts is None else prompts),
-                       max_new_tokens, batch_size)
+                       max_new_tokens, batch_size, token_budget)
     return launch(run_on_this_process, config, num_processes=num_processes, verbose=verbose)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .batching import budget_batches, fixed_batches, sorted_batches
+
 import torch
 
 
@@ -18,6 +20,7 @@ class Completion:
     prompt_tokens: int
     generated_tokens: int
     stop_reason: str  # "eos": the model ended it; "length": max_new_tokens cut it off
+    padded_tokens: int = 0  # positions of this row that held padding: left of the prompt, after its EOS
 
 
 def ensure_pad_token(tokenizer) -> None:
@@ -66,20 +69,12 @@ def padded_batch(tokenizer, prompts: list[str], device: torch.device | str = "cp
                      add_special_tokens=add_special_tokens).to(device)
 
 
-@torch.inference_mode()
 def generate_naive(model, tokenizer, prompts: list[str], max_new_tokens: int,
                    indices: list[int] | None = None, force_length: bool = False) -> list[Completion]:
-    """The article's loop: one generate call per prompt."""
-    indices = list(range(len(prompts))) if indices is None else indices
-    check_prompts(model, tokenizer, prompts, max_new_tokens, indices)
-    completions = []
-    for index, prompt in zip(indices, prompts):
-        batch = tokenizer(prompt, return_tensors="pt").to(model.device)
-        completions += _completions(model, tokenizer, batch, [index], [prompt], max_new_tokens, force_length)
-    return completions
+    """The article's loop: one generate call per prompt (a batch of one needs no padding)."""
+    return generate_batched(model, tokenizer, prompts, max_new_tokens, 1, indices, force_length)
 
 
-@torch.inference_mode()
 def generate_batched(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 16,
                      indices: list[int] | None = None, force_length: bool = False,
                      **batch_options) -> list[Completion]:
@@ -88,17 +83,44 @@ def generate_batched(model, tokenizer, prompts: list[str], max_new_tokens: int, 
     `batch_options` go to `padded_batch`: the lessons pass padding_side="right" or add_special_tokens=False
     to show what goes wrong with them.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    batches = fixed_batches(len(prompts), batch_size)
+    return generate_in_batches(model, tokenizer, prompts, max_new_tokens, batches, indices, force_length,
+                               **batch_options)
+
+
+def generate_sorted(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 16,
+                    indices: list[int] | None = None, force_length: bool = False) -> list[Completion]:
+    """Batches of `batch_size` prompts of similar length; results come back in input order."""
+    batches = sorted_batches(prompt_lengths(tokenizer, prompts), batch_size)
+    return generate_in_batches(model, tokenizer, prompts, max_new_tokens, batches, indices, force_length)
+
+
+def generate_budget(model, tokenizer, prompts: list[str], max_new_tokens: int, token_budget: int = 4096,
+                    indices: list[int] | None = None, force_length: bool = False) -> list[Completion]:
+    """Length-sorted batches bounded by padded tokens instead of a prompt count."""
+    batches = budget_batches(prompt_lengths(tokenizer, prompts), max_new_tokens, token_budget)
+    return generate_in_batches(model, tokenizer, prompts, max_new_tokens, batches, indices, force_length)
+
+
+def prompt_lengths(tokenizer, prompts: list[str]) -> list[int]:
+    """Each prompt's length in tokens, BOS included."""
+    return [len(ids) for ids in tokenizer(prompts).input_ids] if prompts else []
+
+
+@torch.inference_mode()
+def generate_in_batches(model, tokenizer, prompts: list[str], max_new_tokens: int, batches: list[list[int]],
+                        indices: list[int] | None = None, force_length: bool = False,
+                        **batch_options) -> list[Completion]:
+    """One left-padded generate call per batch of positions; completions come back in input order."""
     indices = list(range(len(prompts))) if indices is None else indices
     check_prompts(model, tokenizer, prompts, max_new_tokens, indices)
     completions = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
+    for positions in batches:
+        chunk = [prompts[p] for p in positions]
         batch = padded_batch(tokenizer, chunk, model.device, **batch_options)
-        completions += _completions(model, tokenizer, batch, indices[start:start + batch_size], chunk,
+        completions += _completions(model, tokenizer, batch, [indices[p] for p in positions], chunk,
                                     max_new_tokens, force_length)
-    return completions
+    return sorted(completions, key=lambda c: c.index)
 
 
 def _completions(model, tokenizer, batch, indices: list[int], prompts: list[str],
@@ -109,15 +131,16 @@ def _completions(model, tokenizer, batch, indices: list[int], prompts: list[str]
         **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
         min_new_tokens=max_new_tokens if force_length else None,
     )
-    new_tokens = output[:, batch["input_ids"].shape[1]:].tolist()  # the prompt (and its padding) is cut off
+    width = batch["input_ids"].shape[1]
+    new_tokens = output[:, width:].tolist()  # the prompt (and its padding) is cut off
     stop_ids = eos_ids(model, tokenizer)
     completions = []
     for row, (index, prompt) in enumerate(zip(indices, prompts)):
         count, reason = count_until_eos(new_tokens[row], stop_ids)
-        kept = new_tokens[row][:count]
+        kept, prompt_tokens = new_tokens[row][:count], int(batch["attention_mask"][row].sum())
         completions.append(Completion(
             index=index, prompt=prompt, text=tokenizer.decode(kept, skip_special_tokens=True),
-            token_ids=kept, prompt_tokens=int(batch["attention_mask"][row].sum()),
-            generated_tokens=count, stop_reason=reason,
+            token_ids=kept, prompt_tokens=prompt_tokens, generated_tokens=count, stop_reason=reason,
+            padded_tokens=output.shape[1] - prompt_tokens - count,
         ))
     return completions

@@ -18,7 +18,8 @@ def plot_scaling(records: list[dict], mode: str = "batched", title: str = "") ->
                    f"article: {article['gpu']}, {article['model']}")
     if mine:
         counts, walls = [r["num_processes"] for r in mine], [r["wall_s"] for r in mine]
-        _speedup_panel(left, counts, walls, mine[0]["prompts"], mine[0]["batch_size"], "this machine")
+        _speedup_panel(left, counts, walls, mine[0]["prompts"], mine[0]["batch_size"] or 1,
+                       "this machine")
         right.bar([str(n) for n in counts], [r["tokens_per_s"] for r in mine], color="tab:orange")
     right.set(xlabel="processes", ylabel="tokens/s", title="this machine, measured")
     left.plot([1, max(table["num_processes"])], [1, max(table["num_processes"])], ":", color="gray", label="ideal")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
+import random
 from pathlib import Path
 
 FIRST_LINES = [
@@ -21,6 +24,9 @@ FIRST_LINES = [
 ]
 
 
+VARIED = Path(__file__).resolve().parent.parent / "assets" / "prompts" / "varied.txt"
+
+
 class PromptFileError(ValueError):
     """A prompt file that cannot be used; the message names the file and the fix."""
 
@@ -28,6 +34,23 @@ class PromptFileError(ValueError):
 def default_prompts(repeat: int = 10) -> list[str]:
     """The article's workload: ten first lines of novels, repeated `repeat` times (100 prompts)."""
     return FIRST_LINES * repeat
+
+
+def build_varied(count: int = 200, seed: int = 0, shortest: int = 3, longest: int = 500) -> list[str]:
+    """Prompts of very different lengths: runs of the first lines' words, log-uniform from 3 to 500 words."""
+    rng = random.Random(seed)
+    words = " ".join(FIRST_LINES).split()
+    prompts = []
+    for _ in range(count):
+        length = round(math.exp(rng.uniform(math.log(shortest), math.log(longest))))
+        start = rng.randrange(len(words))
+        prompts.append(" ".join(itertools.islice(itertools.cycle(words), start, start + length)))
+    return prompts
+
+
+def varied_prompts() -> list[str]:
+    """The varied prompt set committed in assets/prompts/varied.txt (made by build_varied)."""
+    return load_prompts(VARIED)[0]
 
 
 def load_prompts(path: str | Path) -> tuple[list[str], int]:

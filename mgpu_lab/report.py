@@ -7,13 +7,23 @@ import textwrap
 from .generate import Completion
 
 
+def batching(summary: dict) -> str:
+    """How a run grouped its prompts, in a few words."""
+    if summary.get("batch_size"):
+        return f"batch size {summary['batch_size']}"
+    if summary.get("token_budget"):
+        return f"token budget {summary['token_budget']}"
+    return "one prompt per call" if summary["mode"] == "naive" else summary["mode"]
+
+
 def format_summary(summary: dict) -> str:
     """The run's figures in a few aligned lines."""
     return "\n".join([
         f"mode: {summary['mode']}  model: {summary['model']} ({summary['dtype']})  "
-        f"processes: {summary['num_processes']} x {summary['device']}  batch size: {summary['batch_size']}",
+        f"processes: {summary['num_processes']} x {summary['device']}  {batching(summary)}",
         f"prompts: {summary['prompts']}  prompt tokens: {summary['prompt_tokens']}  "
-        f"generated tokens: {summary['generated_tokens']} ({summary['stopped_at_eos']} prompts stopped at EOS)",
+        f"generated tokens: {summary['generated_tokens']} ({summary['stopped_at_eos']} prompts stopped at EOS)  "
+        f"padding: {summary['padding_ratio']:.2f} per real token",
         f"wall time: {summary['wall_s']:.2f} s  tokens/s: {summary['tokens_per_s']:.1f}",
     ])
 
@@ -50,11 +60,13 @@ def count_identical(these: list[Completion], those: list[Completion]) -> int:
 
 def format_records(records: list[dict]) -> str:
     """Benchmark records as an aligned table: one line per configuration."""
-    lines = [f"{'mode':<10}{'procs':>6}{'batch':>7}{'new':>6}{'tokens':>9}{'wall s':>9}{'tokens/s':>11}{'roofline':>10}"]
+    lines = [f"{'mode':<11}{'procs':>5}{'batching':>20}{'new':>5}{'tokens':>8}{'pad/real':>9}"
+             f"{'wall s':>9}{'tokens/s':>11}{'roofline':>10}"]
     for r in records:
         roof = "-" if r.get("roofline_fraction") is None else f"{r['roofline_fraction']:.0%}"
-        lines.append(f"{r['mode']:<10}{r['num_processes']:>6}{r['batch_size']:>7}{r['max_new_tokens']:>6}"
-                     f"{r['generated_tokens']:>9}{r['wall_s']:>9.2f}{r['tokens_per_s']:>11.1f}{roof:>10}")
+        lines.append(f"{r['mode']:<11}{r['num_processes']:>5}{batching(r):>20}{r['max_new_tokens']:>5}"
+                     f"{r['generated_tokens']:>8}{r['padding_ratio']:>9.2f}"
+                     f"{r['wall_s']:>9.2f}{r['tokens_per_s']:>11.1f}{roof:>10}")
     return "\n".join(lines)
 
 

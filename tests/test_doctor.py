@@ -1,0 +1,96 @@
+"""The doctor: passes on this setup, and each planted problem fails with the fix that names it."""
+
+import argparse
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mgpu_lab import doctor
+from mgpu_lab.launch import free_port
+
+
+def versions(monkeypatch, **found):
+    """Make installed_version report `found` (None = not installed) and the real version otherwise."""
+    real = doctor.installed_version
+    monkeypatch.setattr(doctor, "installed_version", lambda package: found.get(package, real(package)))
+
+
+def test_every_check_passes_here(capsys):
+    parser = argparse.ArgumentParser()
+    doctor.add_arguments(parser)
+    assert doctor.run(parser.parse_args(["--port", str(free_port())])) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("PASS python 3.")
+    assert "PASS 2-process launch returned 2 messages" in lines
+    assert any(line.startswith("PASS model tiny loads on CPU") for line in lines)
+    assert lines[-1] == "All checks passed." and not any(line.startswith("FAIL") for line in lines)
+
+
+def test_old_python_fails():
+    check = doctor.check_python((3, 9, 18))
+    assert not check.ok and check.line().startswith("FAIL python 3.9.18") and "Python >= 3.10" in check.fix
+
+
+def test_old_transformers_fails_with_the_upgrade(monkeypatch):
+    versions(monkeypatch, transformers="4.46.3")
+    check = doctor.check_package("transformers")
+    assert not check.ok and check.line().endswith("Fix: pip install -U 'transformers>=4.56'")
+
+
+def test_missing_package_fails(monkeypatch):
+    versions(monkeypatch, accelerate=None)
+    assert doctor.check_package("accelerate").line() == \
+        "FAIL accelerate is not installed. Fix: pip install -U 'accelerate>=1.0'"
+
+
+@pytest.mark.parametrize("accelerate, torch_version, ok", [
+    ("1.13.0", "2.9.0", False), ("1.13.0", "2.8.0", True), ("1.14.0", "2.13.0+cpu", True)])
+def test_the_bad_accelerate_torch_pair_fails(monkeypatch, accelerate, torch_version, ok):
+    versions(monkeypatch, accelerate=accelerate, torch=torch_version)
+    check = doctor.check_accelerate_with_torch()
+    assert check.ok is ok
+    if not ok:
+        assert check.line().startswith("FAIL accelerate 1.13.0 with torch 2.9.0")
+        assert check.fix == "pip install -U 'accelerate>=1.14'"
+
+
+def test_initialised_cuda_fails_with_restart(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    check = doctor.check_cuda_not_initialised()
+    assert not check.ok and check.fix.startswith("restart the kernel")
+
+
+def test_busy_port_fails():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        check = doctor.check_port(port)
+    assert not check.ok and check.line().startswith(f"FAIL port {port} is in use")
+
+
+def test_missing_model_path_fails_with_its_fix(tmp_path):
+    check = doctor.check_model_loads(str(tmp_path / "no-such-model"))
+    assert not check.ok and "was not found" in check.detail and "hf download" in check.fix
+
+
+def test_failing_check_makes_run_exit_nonzero(monkeypatch, capsys):
+    monkeypatch.setattr(doctor, "checks", lambda model, port: [
+        lambda: doctor.Check("good", True, "ok"), lambda: doctor.Check("bad", False, "is broken.", "mend it.")])
+    assert doctor.run(argparse.Namespace(model="tiny", port=1)) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        "PASS good ok", "FAIL bad is broken. Fix: mend it.", "1 check(s) failed: fix the FAIL lines above."]
+
+
+def test_command_line_reports_a_missing_model():
+    if "doctor" not in subprocess.run([sys.executable, "-m", "mgpu_lab", "--help"],
+                                      capture_output=True, text=True).stdout:
+        pytest.skip("the doctor subcommand is not wired into mgpu_lab/__main__.py yet")
+    done = subprocess.run([sys.executable, "-m", "mgpu_lab", "doctor", "--model", "no/such/model",
+                           "--port", str(free_port())], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "FAIL model no/such/model" in done.stdout
+    assert "PASS 2-process launch" in done.stdout and "Traceback" not in done.stderr
+
