@@ -134,6 +134,7 @@ def timed_run(accelerator: Accelerator, model, tokenizer, config: RunConfig) -> 
     seconds = time.perf_counter() - start
     gathered = gather_object(mine)
     timings = gather_object([{"process": accelerator.process_index, "prompts": len(share),
+                              "prompt_tokens": sum(c.prompt_tokens for c in mine),
                               "generated_tokens": sum(c.generated_tokens for c in mine),
                               "seconds": round(seconds, 4)}])
     accelerator.wait_for_everyone()

@@ -37,3 +37,17 @@ def _speedup_panel(axis, counts: list[int], walls: list[float], prompts: int, ba
     line, = axis.plot(counts, [walls[0] / w for w in walls], "o-", label=f"{label}, measured")
     axis.plot(counts, [walls[0] / p for p in predicted], "--", color=line.get_color(),
               label=f"{label}, batch-count model")
+
+
+def plot_modes(summaries_by_set: dict[str, list[dict]]) -> plt.Figure:
+    """Tokens/s of every mode, one panel per prompt set, with padding per real token written on each bar."""
+    figure, axes = plt.subplots(1, len(summaries_by_set), figsize=(5 * len(summaries_by_set), 4), squeeze=False)
+    for axis, (name, summaries) in zip(axes[0], summaries_by_set.items()):
+        bars = axis.bar([s["mode"] for s in summaries], [s["tokens_per_s"] for s in summaries], color="tab:blue")
+        for bar, s in zip(bars, summaries):
+            axis.annotate(f"pad {s['padding_ratio']:.1f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                          ha="center", va="bottom", fontsize=8)
+        axis.set(title=f"{name} prompts", ylabel="tokens/s")
+        axis.tick_params(axis="x", labelrotation=30)
+    figure.tight_layout()
+    return figure

@@ -30,8 +30,8 @@ def format_summary(summary: dict) -> str:
 
 def format_split(per_process: list[dict]) -> str:
     """How many prompts and tokens each process handled."""
-    return "\n".join(f"process {p['process']}: {p['prompts']} prompts, {p['generated_tokens']} tokens generated"
-                     for p in per_process)
+    return "\n".join(f"process {p['process']}: {p['prompts']} prompts ({p['prompt_tokens']} tokens), "
+                     f"{p['generated_tokens']} tokens generated" for p in per_process)
 
 
 def format_completions(results: list[Completion], count: int = 3, width: int = 100) -> str:
