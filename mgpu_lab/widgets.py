@@ -13,11 +13,14 @@ from matplotlib.figure import Figure
 from .distributed import mode_names, run
 from .launch import LaunchError, count_gpus
 from .models import presets
-from .prompts import default_prompts
-from .report import format_completions, format_split, format_summary
+from .prompts import default_prompts, varied_prompts
+from .report import batching, format_completions, format_split, format_summary
 
 CPU_PROCESSES = 4  # without a GPU each process is a CPU process; more than 4 only slows a laptop down
-PROMPT_SETS: dict[str, Callable[[], list[str]]] = {"article: 100 first lines": default_prompts}
+PROMPT_SETS: dict[str, Callable[[], list[str]]] = {
+    "article: 100 first lines": default_prompts,
+    "varied: 200 prompts, up to 1045 tokens (use model small)": varied_prompts,
+}
 
 
 def process_choices() -> list[int]:
@@ -30,7 +33,7 @@ def run_from_panel(values: dict, history: list[dict]) -> tuple[dict, ...]:
     result = run(**values, verbose=False)
     summary = result.summary
     history.append({"label": f"#{len(history) + 1} {summary['mode']}\n{summary['num_processes']} proc, "
-                             f"b{summary['batch_size']}", "tokens_per_s": summary["tokens_per_s"]})
+                             f"{batching(summary)}", "tokens_per_s": summary["tokens_per_s"]})
     text = "\n\n".join([format_summary(summary), format_split(result.per_process),
                         format_completions(result.results)])
     return {"output_type": "stream", "name": "stdout", "text": text + "\n"}, chart_output(history)
@@ -74,7 +77,7 @@ def settings(model: str, prompts: list[str] | None, max_new_tokens: int, batch_s
                                              style=style),
         "max_new_tokens": widgets.BoundedIntText(value=max_new_tokens, min=1, max=4096,
                                                  description="max new tokens", style=style),
-        "prompts": widgets.Dropdown(options=list(sets.items()), value=list(sets.values())[-1],
+        "prompts": widgets.Dropdown(options=list(sets.items()), value=sets.get("your prompts", default_prompts),
                                     description="prompt set", style=style),
     }
 
