@@ -167,8 +167,9 @@ def run(mode: str = "batched", model: str = "tiny", prompts: list[str] | None = 
     """Launch one inference run on `num_processes` processes and return rank 0's ordered result."""
     lookup_mode(mode)  # an unknown mode or model fails here, before any process starts
     check_model(model)
-    if batch_size < 1 or token_budget < 1:
-        raise ValueError(f"batch_size and token_budget must be >= 1, got {batch_size} and {token_budget}.")
+    for name, value in (("batch_size", batch_size), ("token_budget", token_budget)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}.")
     config = RunConfig(mode, model, tuple(default_prompts() if prompts is None else prompts),
                        max_new_tokens, batch_size, token_budget)
     return launch(run_on_this_process, config, num_processes=num_processes, verbose=verbose)
