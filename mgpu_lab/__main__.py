@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import doctor
+from . import doctor, train_tiny
 from .bench import Sweep, run_sweep, save_records
 from .distributed import MODES, mode_names, run
 from .hello import hello
@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     doctor_parser = commands.add_parser("doctor", help="check this machine before a workshop")
     doctor.add_arguments(doctor_parser)
     doctor_parser.set_defaults(handler=doctor.run)
+    train = commands.add_parser("train-tiny", help="rebuild the bundled tiny model from scratch (CPU, minutes)")
+    train_tiny.add_arguments(train)
+    train.set_defaults(handler=train_tiny.run)
     lessons = commands.add_parser("lessons", help="run every lesson notebook end to end")
     lessons.add_argument("--out", default="results/lessons", help="where the executed notebooks go")
     lessons.set_defaults(handler=cmd_lessons)

@@ -21,6 +21,7 @@ from accelerate.state import PartialState
 from accelerate.utils import patch_environment
 
 RESULT_FILE = "result.pkl"
+MAIN_OUTPUT = "stdout-rank0.txt"
 
 
 class LaunchError(RuntimeError):
@@ -140,7 +141,17 @@ def launch(fn: Callable[..., Any], *args: Any, num_processes: int | None = None,
                 _start(plan, child_args)
         except Exception as error:
             raise _failure(Path(tmp), error) from None
+        finally:
+            _replay_main_output(Path(tmp))
         return _read_result(Path(tmp))
+
+
+def _replay_main_output(tmp: Path) -> None:
+    """Print what rank 0 printed, here, after it finished: its lines then always come in the same order."""
+    captured = tmp / MAIN_OUTPUT
+    if captured.exists():
+        sys.stdout.write(captured.read_text())
+        sys.stdout.flush()
 
 
 def _run_in_this_process(fn: Callable[..., Any], args: tuple) -> Any:
@@ -193,10 +204,14 @@ def _child_with_index(_index: int, *child_args: Any) -> None:
 
 
 def _child(fn: Callable[..., Any], args: tuple, tmp: Path, threads: int, stdout, stderr) -> None:
-    """Runs in each forked process: call fn, save rank 0's result, record any error for the parent."""
-    sys.stdout, sys.stderr = stdout, stderr
-    torch.set_num_threads(threads)
+    """Runs in each forked process: call fn, save rank 0's result and output, record any error for the parent.
+
+    Rank 0's prints are captured and printed by the parent when the launch ends: streamed from a forked process
+    into a Jupyter kernel, they could arrive after the kernel's own next line.
+    """
     rank = int(os.environ.get("RANK", "0"))
+    sys.stdout, sys.stderr = io.StringIO() if rank == 0 else stdout, stderr
+    torch.set_num_threads(threads)
     try:
         result = fn(*args)
     except BaseException as error:
@@ -205,7 +220,8 @@ def _child(fn: Callable[..., Any], args: tuple, tmp: Path, threads: int, stdout,
         )
         raise
     finally:
-        sys.stdout.flush()
+        if rank == 0:
+            (tmp / MAIN_OUTPUT).write_text(sys.stdout.getvalue())
         sys.stderr.flush()
     if rank == 0:
         (tmp / RESULT_FILE).write_bytes(pickle.dumps(result))
@@ -213,14 +229,15 @@ def _child(fn: Callable[..., Any], args: tuple, tmp: Path, threads: int, stdout,
 
 
 def _failure(tmp: Path, error: Exception) -> LaunchError:
-    """The first failing rank's own exception message, or the launcher's when no rank recorded one."""
+    """The failing rank's own exception message, or the launcher's when no rank recorded one."""
     # The first rank to fail holds the cause; the others fail after it, when their peer disappears.
     reports = sorted(tmp.glob("error-rank*.txt"), key=lambda path: path.stat().st_mtime_ns)
     if not reports:
         return LaunchError(f"The launch failed before any process ran the function: {error}")
-    first = reports[0]
-    rank = first.stem.removeprefix("error-rank")
-    message, _, child_traceback = first.read_text().partition("\n\n")
+    message, _, child_traceback = reports[0].read_text().partition("\n\n")
+    # When several ranks raised the same error, name the lowest one, so the message is the same on every run.
+    rank = min(int(path.stem.removeprefix("error-rank")) for path in reports
+               if path.read_text().partition("\n\n")[0] == message)
     return LaunchError(f"Process {rank} raised {message}", f"(traceback in that process)\n{child_traceback}")
 
 

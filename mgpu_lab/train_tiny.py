@@ -130,8 +130,7 @@ def heldout_loss(model, stream: torch.Tensor, cfg: TinyConfig, max_windows: int 
     return sum(losses) / len(losses)
 
 
-def train(model, train_stream: torch.Tensor, heldout_stream: torch.Tensor, cfg: TinyConfig,
-          progress: bool = True) -> dict:
+def train(model, train_stream: torch.Tensor, heldout_stream: torch.Tensor, cfg: TinyConfig) -> dict:
     """Run the training loop; return the per-step losses and the held-out losses."""
     generator = torch.Generator().manual_seed(cfg.seed)
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -142,7 +141,7 @@ def train(model, train_stream: torch.Tensor, heldout_stream: torch.Tensor, cfg: 
     )
     losses, heldout = [], []
     model.train()
-    bar = tqdm(range(cfg.steps), desc="train-tiny", disable=not progress)
+    bar = tqdm(range(cfg.steps), desc="train-tiny")
     for step in bar:
         for group in optimiser.param_groups:
             group["lr"] = lr_at(step, cfg)
@@ -163,7 +162,6 @@ def train(model, train_stream: torch.Tensor, heldout_stream: torch.Tensor, cfg: 
 def save_folder(model, tokenizer, out: Path) -> None:
     """Write the HF folder (fp16 weights) with a tokenizer config that transformers 4.x reads too."""
     out.mkdir(parents=True, exist_ok=True)
-    model.generation_config.pad_token_id = None
     model.to(torch.float16).save_pretrained(out)
     model.to(torch.float32)
     tokenizer.save_pretrained(out)
@@ -185,6 +183,7 @@ def plot_loss(log: dict, path: str | Path | None = None):
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=100)
+    plt.close(fig)  # shown once, by whoever displays the returned figure
     return fig
 
 

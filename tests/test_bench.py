@@ -16,9 +16,9 @@ PROMPTS = tuple(default_prompts(repeat=1))
 REQUIRED = {"mode", "num_processes", "batch_size", "model", "tokens_per_s", "generated_tokens", "wall_s"}
 
 
-def test_points_skip_batch_sizes_for_naive():
+def test_points_skip_batch_sizes_where_a_mode_has_none():
     sweep = Sweep(modes=("naive", "batched"), num_processes=(1, 2), batch_sizes=(4, 8))
-    assert sweep.points() == [("naive", 1, 1, 100), ("naive", 2, 1, 100), ("batched", 1, 4, 100),
+    assert sweep.points() == [("naive", 1, None, 100), ("naive", 2, None, 100), ("batched", 1, 4, 100),
                               ("batched", 1, 8, 100), ("batched", 2, 4, 100), ("batched", 2, 8, 100)]
 
 
@@ -56,8 +56,9 @@ def test_speedups_are_relative_to_one_process(records):
 
 def test_roofline_fraction_in_records_when_bandwidth_is_given():
     measured = {"runs": [{"mode": "batched", "model": "m", "dtype": "bfloat16", "device": "cuda",
-                          "num_processes": 1, "batch_size": 16, "max_new_tokens": 100, "prompts": 100,
-                          "prompt_tokens": 1, "generated_tokens": 10000, "wall_s": 19.2, "tokens_per_s": 520.0}],
+                          "num_processes": 1, "batch_size": 16, "token_budget": None, "max_new_tokens": 100,
+                          "prompts": 100, "prompt_tokens": 1, "generated_tokens": 10000, "padded_tokens": 0,
+                          "padding_ratio": 0.0, "wall_s": 19.2, "tokens_per_s": 520.0}],
                 "device_name": "NVIDIA GeForce RTX 3090", "model_params": 6.74e9, "model_bytes": int(13.5e9)}
     record = make_record(Sweep(model="m"), measured)
     assert record["bandwidth_gbs"] == 936

@@ -105,3 +105,15 @@ def test_torchrun_runs_hello_without_launching_again():
     assert "Launching" not in done.stdout  # torchrun already made the processes
     assert done.stdout.count("Hello from process 0 of 2") == 1
     assert done.stdout.count("Hello from process 1 of 2") == 1
+
+
+def fail_everywhere() -> None:
+    """Every rank raises the same error, as an unfinished exercise does."""
+    raise NotImplementedError("not written yet")
+
+
+def test_same_error_on_every_rank_names_the_lowest_rank():
+    for _ in range(3):
+        with pytest.raises(LaunchError) as caught:
+            launch(fail_everywhere, num_processes=3, verbose=False)
+        assert caught.value.message == "Process 0 raised NotImplementedError: not written yet"
