@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from .batching import DEFAULT_TOKEN_BUDGET
 from . import doctor, train_tiny
 from .bench import Sweep, run_sweep, save_records
 from .distributed import MODES, mode_names, run
@@ -124,7 +125,7 @@ def add_bench_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", help="a .txt or .jsonl prompt file (default: the article's 100 prompts)")
     parser.add_argument("--prompt-set", help="a name for the prompt set in the records")
     parser.add_argument("--repeats", type=positive_int, default=3, help="timed runs per point; the median is kept")
-    parser.add_argument("--token-budget", type=positive_int, default=4096,
+    parser.add_argument("--token-budget", type=positive_int, default=DEFAULT_TOKEN_BUDGET,
                         help="padded tokens per batch (budget, balanced)")
     parser.add_argument("--bandwidth-gbs", type=float, help="GPU memory bandwidth, for GPUs not in the table")
     parser.add_argument("--out", default="results/bench", help="folder for records.jsonl and records.csv")
@@ -137,7 +138,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="tiny", help="tiny, small, shape:NAME, or a checkpoint folder")
     parser.add_argument("--max-new-tokens", type=positive_int, default=100)
     parser.add_argument("--batch-size", type=positive_int, default=16, help="prompts per batch (batched, sorted)")
-    parser.add_argument("--token-budget", type=positive_int, default=4096,
+    parser.add_argument("--token-budget", type=positive_int, default=DEFAULT_TOKEN_BUDGET,
                         help="padded tokens per batch (budget, balanced)")
     parser.add_argument("--prompts", help="a .txt file (one prompt a line) or .jsonl file (a \"prompt\" field)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout, nothing else")

@@ -17,6 +17,7 @@ import transformers
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from .batching import DEFAULT_TOKEN_BUDGET
 from . import __version__
 from .distributed import RunConfig, timed_run, uses_batch_size
 from .launch import launch
@@ -37,7 +38,7 @@ class Sweep:
     prompt_set: str = "default"
     repeats: int = 3
     bandwidth_gbs: float | None = None
-    token_budget: int = 4096
+    token_budget: int = DEFAULT_TOKEN_BUDGET
 
     def points(self) -> list[tuple[str, int, int | None, int]]:
         """Every (mode, processes, batch size, new tokens) to measure; modes without a batch size get None."""

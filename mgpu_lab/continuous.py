@@ -9,6 +9,7 @@ import torch
 from transformers import GenerationConfig
 from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
+from .batching import DEFAULT_TOKEN_BUDGET
 from .generate import Completion, check_prompts, count_until_eos, eos_ids
 
 PAGED = "paged|sdpa"
@@ -16,8 +17,9 @@ PAGE_SIZE = 256
 
 
 @torch.inference_mode()
-def generate_continuous(model, tokenizer, prompts: list[str], max_new_tokens: int, token_budget: int = 4096,
-                        indices: list[int] | None = None, force_length: bool = False) -> list[Completion]:
+def generate_continuous(model, tokenizer, prompts: list[str], max_new_tokens: int,
+                        token_budget: int = DEFAULT_TOKEN_BUDGET, indices: list[int] | None = None,
+                        force_length: bool = False) -> list[Completion]:
     """Hand every prompt to the continuous-batching scheduler at once; completions come back in input order.
 
     `token_budget` caps the tokens one scheduler step processes. The paged KV cache is sized for exactly this

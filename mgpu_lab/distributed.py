@@ -9,7 +9,7 @@ from typing import Callable
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
-from .batching import balanced_split
+from .batching import DEFAULT_TOKEN_BUDGET, balanced_split
 from .continuous import generate_continuous
 from .generate import (Completion, generate_batched, generate_budget, generate_naive, generate_sorted,
                        prompt_lengths)
@@ -27,7 +27,7 @@ class RunConfig:
     prompts: tuple[str, ...] = ()
     max_new_tokens: int = 100
     batch_size: int = 16
-    token_budget: int = 4096
+    token_budget: int = DEFAULT_TOKEN_BUDGET
 
 
 @dataclass
@@ -163,7 +163,7 @@ def summarize(config: RunConfig, results: list[Completion], wall: float, acceler
 
 def run(mode: str = "batched", model: str = "tiny", prompts: list[str] | None = None,
         num_processes: int | None = None, max_new_tokens: int = 100, batch_size: int = 16,
-        verbose: bool = True, token_budget: int = 4096) -> RunResult:
+        verbose: bool = True, token_budget: int = DEFAULT_TOKEN_BUDGET) -> RunResult:
     """Launch one inference run on `num_processes` processes and return rank 0's ordered result."""
     lookup_mode(mode)  # an unknown mode or model fails here, before any process starts
     check_model(model)

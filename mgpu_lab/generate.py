@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .batching import budget_batches, fixed_batches, sorted_batches
+from .batching import DEFAULT_TOKEN_BUDGET, budget_batches, fixed_batches, sorted_batches
 
 import torch
 
@@ -95,8 +95,9 @@ def generate_sorted(model, tokenizer, prompts: list[str], max_new_tokens: int, b
     return generate_in_batches(model, tokenizer, prompts, max_new_tokens, batches, indices, force_length)
 
 
-def generate_budget(model, tokenizer, prompts: list[str], max_new_tokens: int, token_budget: int = 4096,
-                    indices: list[int] | None = None, force_length: bool = False) -> list[Completion]:
+def generate_budget(model, tokenizer, prompts: list[str], max_new_tokens: int,
+                    token_budget: int = DEFAULT_TOKEN_BUDGET, indices: list[int] | None = None,
+                    force_length: bool = False) -> list[Completion]:
     """Length-sorted batches bounded by padded tokens instead of a prompt count."""
     batches = budget_batches(prompt_lengths(tokenizer, prompts), max_new_tokens, token_budget)
     return generate_in_batches(model, tokenizer, prompts, max_new_tokens, batches, indices, force_length)

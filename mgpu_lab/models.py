@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -80,7 +81,11 @@ def small_checkpoint() -> Path:
     key = hashlib.sha256(config_text).hexdigest()[:12]
     folder = cache_dir() / f"small-{key}"
     if not (folder / "config.json").exists():
-        _build_small(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with open(folder.parent / f".small-{key}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # processes that start together build it once, one after another
+            if not (folder / "config.json").exists():
+                _build_small(folder)
     return folder
 
 
@@ -90,18 +95,15 @@ def cache_dir() -> Path:
 
 
 def _build_small(folder: Path) -> None:
-    """Write the small preset into `folder` atomically, so concurrent processes never see half a folder."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    """Write the small preset into `folder` through a staging folder, so no reader ever sees half of it."""
     config = LlamaConfig.from_json_file(CONFIGS / "small.json")
     model = _random_model(config, torch.device("cpu"), torch.float32)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".building-"))
     model.save_pretrained(staging)
     AutoTokenizer.from_pretrained(TINY).save_pretrained(staging)
     shutil.copy(TINY / "tokenizer_config.json", staging / "tokenizer_config.json")
-    try:
-        staging.rename(folder)
-    except OSError:  # another process finished first: its folder is identical
-        shutil.rmtree(staging)
+    shutil.rmtree(folder, ignore_errors=True)  # what an interrupted build may have left
+    staging.rename(folder)
 
 
 def _random_model(config: LlamaConfig, device: torch.device, dtype: torch.dtype) -> LlamaForCausalLM:

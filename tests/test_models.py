@@ -71,3 +71,22 @@ def test_shape_presets_have_the_real_size(name, billions):
     with torch.device("meta"):
         model = LlamaForCausalLM(models._shape_config(name))
     assert sum(p.numel() for p in model.parameters()) / 1e9 == pytest.approx(billions, rel=0.01)
+
+
+def build_small_here() -> str:
+    """Every launched process asks for the small preset at once, as a 2-process run does."""
+    from accelerate import Accelerator
+    from accelerate.utils import gather_object
+
+    Accelerator()
+    return gather_object([str(models.small_checkpoint())])
+
+
+def test_processes_building_small_together_get_one_complete_folder(tmp_path, monkeypatch):
+    from mgpu_lab.launch import launch
+
+    monkeypatch.setenv("MGPU_LAB_CACHE", str(tmp_path))
+    folders = launch(build_small_here, num_processes=2, verbose=False)
+    assert folders[0] == folders[1]
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".small-")) == [folders[0].split("/")[-1]]
+    assert AutoModelForCausalLM.from_pretrained(folders[0]).num_parameters() > 20e6
