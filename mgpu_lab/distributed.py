@@ -53,6 +53,11 @@ class Mode:
     about: str = ""
 
 
+def _budget(model, tokenizer, prompts, config: RunConfig, **kwargs) -> list[Completion]:
+    """Token-budget batches: the generation of both the budget and the balanced modes."""
+    return generate_budget(model, tokenizer, prompts, config.max_new_tokens, config.token_budget, **kwargs)
+
+
 MODES = {
     "naive": Mode(lambda m, t, p, c, **kw: generate_naive(m, t, p, c.max_new_tokens, **kw),
                   about="one generate call per prompt (the article's first program)"),
@@ -60,11 +65,11 @@ MODES = {
                     about="batches of --batch-size in input order (the article's second program)"),
     "sorted": Mode(lambda m, t, p, c, **kw: generate_sorted(m, t, p, c.max_new_tokens, c.batch_size, **kw),
                    about="batches of --batch-size prompts of similar length, order restored"),
-    "budget": Mode(lambda m, t, p, c, **kw: generate_budget(m, t, p, c.max_new_tokens, c.token_budget, **kw),
-                   about="length-sorted batches capped at --token-budget padded tokens"),
-    "balanced": Mode(lambda m, t, p, c, **kw: generate_budget(m, t, p, c.max_new_tokens, c.token_budget, **kw),
-                     balanced=True, about="token-budget batches, prompts split over processes by token count"),
-    "continuous": Mode(lambda m, t, p, c, **kw: generate_continuous(m, t, p, c.max_new_tokens, c.token_budget, **kw),
+    "budget": Mode(_budget, about="length-sorted batches capped at --token-budget padded tokens"),
+    "balanced": Mode(_budget, balanced=True,
+                     about="token-budget batches, prompts split over processes by token count"),
+    "continuous": Mode(lambda m, t, p, c, **kw: generate_continuous(m, t, p, c.max_new_tokens, c.token_budget,
+                                                                    **kw),
                        about="continuous batching: transformers' generate_batch with paged attention"),
 }
 
