@@ -126,8 +126,7 @@ def generate_in_batches(model, tokenizer, prompts: list[str], max_new_tokens: in
 
 def _completions(model, tokenizer, batch, indices: list[int], prompts: list[str],
                  max_new_tokens: int, force_length: bool) -> list[Completion]:
-    """Run one greedy generate call on a tokenized batch and cut each row into an honest Completion."""
-    ensure_pad_token(tokenizer)
+    """Run one greedy generate call on a batch from padded_batch (which set the pad token) and cut each row."""
     output = model.generate(
         **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
         min_new_tokens=max_new_tokens if force_length else None,
