@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from .batching import DEFAULT_TOKEN_BUDGET
-from . import doctor, train_tiny
+from . import doctor, gpu_check, train_tiny
 from .bench import Sweep, run_sweep, save_records
 from .distributed import MODES, mode_names, run
 from .hello import hello
@@ -166,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train-tiny", help="rebuild the bundled tiny model from scratch (CPU, minutes)")
     train_tiny.add_arguments(train)
     train.set_defaults(handler=train_tiny.run)
+    check = commands.add_parser("gpu-check", help="run doctor, lessons 1-3 and the benchmark on a GPU; record all")
+    gpu_check.add_arguments(check)
+    check.set_defaults(handler=gpu_check.run)
     lessons = commands.add_parser("lessons", help="run every lesson notebook end to end")
     lessons.add_argument("--out", default="results/lessons", help="where the executed notebooks go")
     lessons.set_defaults(handler=cmd_lessons)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 
@@ -51,7 +52,9 @@ def generate_continuous(model, tokenizer, prompts: list[str], max_new_tokens: in
 def cache_config(inputs: list[list[int]], max_new_tokens: int, token_budget: int) -> ContinuousBatchingConfig:
     """Pages enough for every request at full length at once, and at most `token_budget` tokens per step."""
     pages = sum(math.ceil((len(ids) + max_new_tokens) / PAGE_SIZE) for ids in inputs)
-    return ContinuousBatchingConfig(page_size=PAGE_SIZE, num_blocks=pages + 1,
+    # transformers 5.24 calls a page `page_size`; earlier 5.x releases (5.17, seen on a GPU box) `block_size`.
+    size = "page_size" if "page_size" in inspect.signature(ContinuousBatchingConfig).parameters else "block_size"
+    return ContinuousBatchingConfig(**{size: PAGE_SIZE}, num_blocks=pages + 1,
                                     max_batch_tokens=max(token_budget, max(len(ids) for ids in inputs)))
 
 
