@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 import json
 import math
 import random
+import sys
 from pathlib import Path
 
 FIRST_LINES = [
@@ -25,6 +28,9 @@ FIRST_LINES = [
 
 
 VARIED = Path(__file__).resolve().parent.parent / "assets" / "prompts" / "varied.txt"
+
+
+TEXT_SUFFIXES = ("", ".txt", ".text", ".prompts")
 
 
 class PromptFileError(ValueError):
@@ -54,22 +60,64 @@ def varied_prompts() -> list[str]:
 
 
 def load_prompts(path: str | Path) -> tuple[list[str], int]:
-    """Prompts from a .txt (one per line) or .jsonl ("prompt" field) file, and how many empty ones were skipped."""
-    path = Path(path)
-    if not path.is_file():
-        raise PromptFileError(f"Prompt file {path} does not exist. Fix: check the path.")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as error:
-        raise PromptFileError(
-            f"Prompt file {path} is not UTF-8 text (byte {error.start}). Fix: save it as UTF-8."
-        ) from None
-    raw = [_jsonl_prompt(path, number, line) for number, line in enumerate(lines, 1)
-           if line.strip()] if path.suffix == ".jsonl" else lines
-    prompts = [p for p in raw if p.strip()]
+    """Prompts from a .txt, .jsonl or .csv file ("-": standard input, a line each), and how many empty ones were skipped."""
+    suffix = "" if str(path) == "-" else Path(path).suffix.lower()
+    if suffix not in (*TEXT_SUFFIXES, ".jsonl", ".csv"):
+        raise PromptFileError(f"Prompt file {path} has an unknown type ({suffix}). Fix: use a .txt file (one "
+                              'prompt a line), a .jsonl file (a "prompt" field a line) or a .csv file (a "prompt" column).')
+    lines = _read_lines(path)
+    if suffix == ".csv":
+        lines = _csv_prompts(Path(path), lines)
+    elif suffix == ".jsonl":
+        lines = [_jsonl_prompt(Path(path), number, line) if line.strip() else "" for number, line in enumerate(lines, 1)]
+    prompts = [p for p in lines if p.strip()]
     if not prompts:
         raise PromptFileError(f"Prompt file {path} holds no prompts (it is empty or blank).")
     return prompts, len(lines) - len(prompts)
+
+
+def _read_lines(path: str | Path) -> list[str]:
+    """The lines of a UTF-8 file (standard input for "-"): BOM dropped, split on \\n, \\r\\n and \\r only."""
+    if str(path) == "-":
+        data, path = sys.stdin.buffer.read(), "<standard input>"
+    else:
+        data = _read_bytes(Path(path))
+    if b"\0" in data:
+        raise PromptFileError(f"Prompt file {path} is not a text file (byte {data.index(0)} is NUL: binary data). "
+                              "Fix: pass a .txt, .jsonl or .csv file.")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise PromptFileError(f"Prompt file {path} is not UTF-8 text (byte {error.start}). Fix: save it as UTF-8.") from None
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return lines[:-1] if lines[-1] == "" else lines
+
+
+def _read_bytes(path: Path) -> bytes:
+    """A file's bytes, or an error that says why it cannot be read: missing, a folder, or not allowed."""
+    if path.is_dir():
+        raise PromptFileError(f"Prompt file {path} is a folder, not a file. Fix: pass a file inside it.")
+    if not path.exists():
+        raise PromptFileError(f"Prompt file {path} does not exist. Fix: check the path.")
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise PromptFileError(f"Prompt file {path} cannot be read ({error.strerror}). "
+                              "Fix: check its permissions.") from None
+
+
+def _csv_prompts(path: Path, lines: list[str]) -> list[str]:
+    """The "prompt" column of a CSV file with a header row, or an error naming the columns it has."""
+    reader = csv.DictReader(io.StringIO("\n".join(lines)))
+    if reader.fieldnames is None:
+        return []
+    if "prompt" not in reader.fieldnames:
+        raise PromptFileError(f'{path} has no "prompt" column (its header: {", ".join(reader.fieldnames)}). '
+                              'Fix: name the column of prompts "prompt" in the first row.')
+    try:
+        return [row["prompt"] or "" for row in reader]
+    except csv.Error as error:
+        raise PromptFileError(f"{path}, line {reader.line_num}: not valid CSV ({error}).") from None
 
 
 def _jsonl_prompt(path: Path, number: int, line: str) -> str:
