@@ -7,13 +7,15 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from .batching import DEFAULT_TOKEN_BUDGET
 from . import doctor, gpu_check, train_tiny
-from .bench import Sweep, run_sweep, save_records
+from .bench import RECORDS, RECORDS_CSV, Sweep, run_sweep
+from .checks import cli_type, image_path, out_folder, positive_number, torchrun_env, whole_number
 from .distributed import MODES, mode_names, run
 from .hello import hello
-from .launch import LaunchError, already_launched, launch
+from .launch import LaunchError, launch
 from .lessons import run_lessons
 from .plots import plot_scaling
 from .models import ModelNotFoundError, check_model, is_synthetic
@@ -26,12 +28,7 @@ def is_main_rank() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def positive_int(text: str) -> int:
-    """An argparse type for counts that must be >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+positive_int = cli_type(whole_number)
 
 
 def read_prompts(path: str | None) -> list[str]:
@@ -46,6 +43,7 @@ def read_prompts(path: str | None) -> list[str]:
 
 def cmd_hello(args: argparse.Namespace) -> int:
     """Lesson 1 from the terminal."""
+    torchrun_env(args.num_processes)
     launch(hello, num_processes=args.num_processes)
     return 0
 
@@ -92,25 +90,24 @@ def warn_if_synthetic(model: str) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Lesson 4 from the terminal: the sweep, its records on disk, and a table or JSON lines on stdout."""
+    """Lesson 4 from the terminal: the sweep, each record on disk as it is measured, then a table or JSON lines."""
     check_model(args.model)
+    out = out_folder(args.out) if is_main_rank() else None  # every output is checked before the sweep
+    plot = image_path(args.plot) if args.plot else None
     warn_if_synthetic(args.model)
-    if already_launched() and args.num_processes != (int(os.environ["WORLD_SIZE"]),):
-        raise ValueError(f"Under torchrun the process count is fixed: pass --num-processes {os.environ['WORLD_SIZE']}.")
     sweep = Sweep(args.modes, args.num_processes, args.batch_sizes, args.max_new_tokens, args.model,
                   tuple(read_prompts(args.prompts)), args.prompt_set or (args.prompts or "default"),
                   args.repeats, args.bandwidth_gbs, args.token_budget)
-    records = run_sweep(sweep, progress=is_main_rank())
+    records = run_sweep(sweep, progress=is_main_rank(), out_dir=out)
     if not is_main_rank():
         return 0
-    jsonl, _ = save_records(records, Path(args.out))
-    if args.plot:
-        plot_scaling(records, mode=args.modes[-1]).savefig(args.plot, dpi=120)
     if args.json:
-        print("\n".join(json.dumps(r) for r in records))
+        print("\n".join(json.dumps(r, allow_nan=False) for r in records), flush=True)
     else:
         print(format_records(records))
-        print(f"\nRecords appended to {jsonl} and {jsonl.with_suffix('.csv')}.")
+        print(f"\nRecords appended to {out / RECORDS} and {out / RECORDS_CSV}.", flush=True)
+    if plot:
+        plot_scaling(records, mode=args.modes[-1]).savefig(plot, dpi=120)
     return 0
 
 
@@ -127,10 +124,10 @@ def add_bench_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=positive_int, default=3, help="timed runs per point; the median is kept")
     parser.add_argument("--token-budget", type=positive_int, default=DEFAULT_TOKEN_BUDGET,
                         help="padded tokens per batch (budget, balanced)")
-    parser.add_argument("--bandwidth-gbs", type=float, help="GPU memory bandwidth, for GPUs not in the table")
+    parser.add_argument("--bandwidth-gbs", type=cli_type(positive_number, float), help="GPU memory bandwidth, for GPUs not in the table")
     parser.add_argument("--out", default="results/bench", help="folder for records.jsonl and records.csv")
     parser.add_argument("--json", action="store_true", help="print the records as JSON lines on stdout")
-    parser.add_argument("--plot", help="save the scaling figure (the last mode's) to this PNG file")
+    parser.add_argument("--plot", help="save the scaling figure (the last mode's) to this image file (.png, .svg, .pdf, ...)")
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -146,7 +143,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The `python -m mgpu_lab` parser with one subcommand per lesson."""
-    parser = argparse.ArgumentParser(prog="python -m mgpu_lab", description=__doc__)
+    parser = Parser(prog="python -m mgpu_lab", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     runs = [(name, cmd_generate, how.about) for name, how in MODES.items()]
     for name, handler, text in [("hello", cmd_hello, "lesson 1: gather a message from every process"), *runs]:
@@ -175,16 +172,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose mistakes are one line on stderr (and exit code 2), not a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print the mistake and where to find the options, then exit with code 2."""
+        self.exit(2, f"error: {self.prog}: {message}. See: {self.prog} --help\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run it; a mistake we can name is one line on stderr and exit code 2."""
     args = build_parser().parse_args(argv)
     try:
-        return args.handler(args)
+        code = args.handler(args)
+        sys.stdout.flush()  # a full disk or a closed pipe shows here, inside the try, not at exit
+        return code
     except LaunchError as error:
         print(f"error: {error.message}", file=sys.stderr)
-    except (ModelNotFoundError, PromptFileError, ValueError) as error:
+    except (ModelNotFoundError, PromptFileError, TypeError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
+    except OSError as error:
+        return output_failed(error)
     return 2
+
+
+def output_failed(error: OSError) -> int:
+    """One line for an error writing the results (standard output full or closed, a file that cannot be written)."""
+    if isinstance(error, BrokenPipeError) or error.filename is None:
+        # Python's advice for SIGPIPE: point stdout at devnull, so the flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print(f"error: could not write the results to standard output ({error.strerror or error}).", file=sys.stderr)
+    else:
+        print(f"error: could not write {error.filename} ({error.strerror}).", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ import csv
 import datetime
 import itertools
 import json
+import os
 import platform
 import statistics
+import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -19,10 +21,13 @@ from tqdm.auto import tqdm
 
 from .batching import DEFAULT_TOKEN_BUDGET
 from . import __version__
+from .checks import positive_number, prompt_list, torchrun_env, whole_number
 from .distributed import RunConfig, timed_run, uses_batch_size
 from .launch import launch
 from .models import is_synthetic, load_model
 from .roofline import bandwidth_for, roofline_fraction
+
+RECORDS, RECORDS_CSV = "records.jsonl", "records.csv"
 
 
 @dataclass(frozen=True)
@@ -96,30 +101,64 @@ def roofline_columns(summary: dict, measured: dict, bandwidth_gbs: float | None)
     return {"bandwidth_gbs": bandwidth, "roofline_fraction": round(fraction, 4)}
 
 
-def run_sweep(sweep: Sweep, progress: bool = True) -> list[dict]:
-    """Measure every point of the sweep, each in a fresh launch, and return one record per point."""
+def check_sweep(sweep: Sweep) -> None:
+    """Name a wrong count, bandwidth, prompt list or torchrun variable before any process starts."""
+    prompt_list(sweep.prompts)
+    for name in ("num_processes", "batch_sizes", "max_new_tokens"):
+        values = getattr(sweep, name)
+        if not isinstance(values, (list, tuple)) or not values:
+            raise TypeError(f"{name} must be a non-empty tuple of whole numbers, got {values!r}.")
+        for value in values:
+            whole_number(name, value)
+    whole_number("repeats", sweep.repeats)
+    whole_number("token_budget", sweep.token_budget)
+    if sweep.bandwidth_gbs is not None:
+        positive_number("bandwidth_gbs", sweep.bandwidth_gbs)
+    torchrun_env(sweep.num_processes)
+
+
+def run_sweep(sweep: Sweep, progress: bool = True, out_dir: Path | None = None) -> list[dict]:
+    """Measure every point of the sweep, each in a fresh launch; save each record to `out_dir` as it is made."""
+    check_sweep(sweep)
     records = []
     for mode, processes, batch, new_tokens in tqdm(sweep.points(), desc="bench", disable=not progress):
         config = RunConfig(mode, sweep.model, sweep.prompts, new_tokens, batch or 1, sweep.token_budget)
         measured = launch(measure_on_this_process, config, sweep.repeats, num_processes=processes, verbose=False)
         records.append(make_record(sweep, measured))
+        if out_dir is not None:
+            save_records(records[-1:], out_dir)
     return records
 
 
 def save_records(records: list[dict], out_dir: Path) -> tuple[Path, Path]:
-    """Append the records to records.jsonl in `out_dir`, and rewrite records.csv from every record there."""
+    """Append the records to records.jsonl in one write (no reader sees half a line); rebuild records.csv, renamed in."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    jsonl, table = out_dir / "records.jsonl", out_dir / "records.csv"
-    with jsonl.open("a") as handle:
-        handle.writelines(json.dumps(r) + "\n" for r in records)
+    jsonl, table = out_dir / RECORDS, out_dir / RECORDS_CSV
+    data = "".join(json.dumps(r, allow_nan=False) + "\n" for r in records).encode()
+    handle = os.open(jsonl, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        if os.write(handle, data) != len(data):
+            raise OSError(f"{jsonl}: the disk took only part of the records (is it full?)")
+    finally:
+        os.close(handle)
     everything = load_records(jsonl)
     columns = list(dict.fromkeys(key for r in everything for key in r))
-    with table.open("w", newline="") as handle:
+    with tempfile.NamedTemporaryFile("w", dir=out_dir, prefix=".records-", suffix=".csv", newline="",
+                                     delete=False) as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()}
                          for r in everything)
+    os.chmod(handle.name, 0o666 & ~_umask())
+    os.replace(handle.name, table)
     return jsonl, table
+
+
+def _umask() -> int:
+    """This process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def load_records(path: Path) -> list[dict]:

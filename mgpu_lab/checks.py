@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 import numbers
 import os
 import tempfile
 from pathlib import Path
+from typing import Any, Callable
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -23,6 +25,16 @@ def prompt_list(prompts: object) -> tuple[str, ...]:
         if not prompt.strip():
             raise ValueError(f"prompts[{number}] is empty. Fix: remove it, or give it some text.")
     return tuple(prompts)
+
+
+def run_inputs(prompts: object, num_processes: object, **counts: object) -> tuple[str, ...]:
+    """Check a run's prompts, counts and process count against the torchrun variables; return the prompts."""
+    for name, value in counts.items():
+        whole_number(name, value)
+    if num_processes is not None:
+        whole_number("num_processes", num_processes)
+    torchrun_env(num_processes)
+    return prompt_list(prompts)
 
 
 def whole_number(name: str, value: object, minimum: int = 1) -> int:
@@ -124,3 +136,20 @@ def _env_int(environ: dict, name: str) -> int:
         return int(environ[name])
     except ValueError:
         raise ValueError(f"{name}={environ[name]!r} is not a whole number. Fix: unset it, or start under torchrun.") from None
+
+
+def cli_type(check: Callable[[str, Any], Any], parse: Callable[[str], Any] = int) -> Callable[[str], Any]:
+    """An argparse type: read the text with `parse`, run `check` on it, and keep the check's message."""
+    def convert(text: str) -> Any:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'a whole number' if parse is int else 'a number'}, "
+                                              f"got {text!r}") from None
+        try:
+            return check("it", value)
+        except (TypeError, ValueError) as error:
+            raise argparse.ArgumentTypeError(str(error).removesuffix(".")) from None
+
+    convert.__name__ = check.__name__
+    return convert

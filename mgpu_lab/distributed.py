@@ -13,6 +13,7 @@ from .batching import DEFAULT_TOKEN_BUDGET, balanced_split
 from .continuous import generate_continuous
 from .generate import (Completion, generate_batched, generate_budget, generate_naive, generate_sorted,
                        prompt_lengths)
+from .checks import run_inputs
 from .launch import launch
 from .models import check_model, is_synthetic, load_model
 from .prompts import default_prompts
@@ -170,11 +171,9 @@ def run(mode: str = "batched", model: str = "tiny", prompts: list[str] | None = 
         num_processes: int | None = None, max_new_tokens: int = 100, batch_size: int = 16,
         verbose: bool = True, token_budget: int = DEFAULT_TOKEN_BUDGET) -> RunResult:
     """Launch one inference run on `num_processes` processes and return rank 0's ordered result."""
-    lookup_mode(mode)  # an unknown mode or model fails here, before any process starts
+    lookup_mode(mode)  # every mistake fails here, before any process starts
     check_model(model)
-    for name, value in (("batch_size", batch_size), ("token_budget", token_budget)):
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}.")
-    config = RunConfig(mode, model, tuple(default_prompts() if prompts is None else prompts),
-                       max_new_tokens, batch_size, token_budget)
+    prompts = run_inputs(default_prompts() if prompts is None else prompts, num_processes,
+                         max_new_tokens=max_new_tokens, batch_size=batch_size, token_budget=token_budget)
+    config = RunConfig(mode, model, prompts, max_new_tokens, batch_size, token_budget)
     return launch(run_on_this_process, config, num_processes=num_processes, verbose=verbose)

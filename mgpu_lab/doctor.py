@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 from packaging.version import Version
 
+from .checks import cli_type, port as port_number
 from .hello import hello
 from .launch import LaunchError, count_gpus, launch, port_is_free
 from .models import ModelNotFoundError, check_model, load_model
@@ -162,7 +163,7 @@ def checks(model: str, port: int) -> list[Callable[[], Check]]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The doctor subcommand's options."""
     parser.add_argument("--model", default="tiny", help="the model to try loading (default: tiny)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"the port to check (default: {DEFAULT_PORT})")
+    parser.add_argument("--port", type=cli_type(port_number), default=DEFAULT_PORT, help=f"the port to check (default: {DEFAULT_PORT})")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ import io
 import logging
 import os
 import pickle
+import shutil
 import socket
 import sys
 import tempfile
@@ -20,8 +21,11 @@ from accelerate import notebook_launcher
 from accelerate.state import PartialState
 from accelerate.utils import patch_environment
 
+from .checks import port as port_number
+
 RESULT_FILE = "result.pkl"
 MAIN_OUTPUT = "stdout-rank0.txt"
+TEMP_PREFIX = "mgpu_lab-"  # then the launching process's PID: a folder whose process is gone is removed
 
 
 class LaunchError(RuntimeError):
@@ -110,7 +114,7 @@ def plan_launch(num_processes: int | None = None, port: int | None = None) -> La
         )
     if port is None:
         port = free_port()
-    elif not port_is_free(port):
+    elif not port_is_free(port_number("port", port)):
         raise LaunchError(
             f"Port {port} is already in use (another launch or notebook?). "
             "Fix: pass another port, or leave port=None to pick a free one."
@@ -129,7 +133,7 @@ def launch(fn: Callable[..., Any], *args: Any, num_processes: int | None = None,
     plan = plan_launch(num_processes, port)
     if verbose:
         print(plan.describe(), flush=True)  # flushed before the fork, so no child inherits it unprinted
-    with tempfile.TemporaryDirectory(prefix="mgpu_lab-") as tmp:
+    with launch_folder() as tmp:
         child_args = (fn, args, Path(tmp), plan.threads_per_process, sys.stdout, sys.stderr)
         env = dict(
             ACCELERATE_USE_CPU="yes" if plan.device == "cpu" else "no",
@@ -144,6 +148,26 @@ def launch(fn: Callable[..., Any], *args: Any, num_processes: int | None = None,
         finally:
             _replay_main_output(Path(tmp))
         return _read_result(Path(tmp))
+
+
+def launch_folder() -> tempfile.TemporaryDirectory:
+    """A temp folder named after this process; first remove those left by launches whose process is gone."""
+    for old in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*-*"):
+        pid = old.name.removeprefix(TEMP_PREFIX).partition("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{os.getpid()}-")
+
+
+def _alive(pid: int) -> bool:
+    """True while process `pid` exists (it may belong to another user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def _replay_main_output(tmp: Path) -> None:
