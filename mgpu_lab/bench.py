@@ -9,7 +9,6 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -143,22 +142,14 @@ def save_records(records: list[dict], out_dir: Path) -> tuple[Path, Path]:
         os.close(handle)
     everything = load_records(jsonl)
     columns = list(dict.fromkeys(key for r in everything for key in r))
-    with tempfile.NamedTemporaryFile("w", dir=out_dir, prefix=".records-", suffix=".csv", newline="",
-                                     delete=False) as handle:
+    staging = out_dir / f".records-{os.getpid()}.csv"  # this process's own; the rename swaps it in whole
+    with staging.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()}
                          for r in everything)
-    os.chmod(handle.name, 0o666 & ~_umask())
-    os.replace(handle.name, table)
+    staging.replace(table)
     return jsonl, table
-
-
-def _umask() -> int:
-    """This process's umask (reading it means setting it, so it is set straight back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def load_records(path: Path) -> list[dict]:

@@ -2,29 +2,56 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from safetensors import SafetensorError, safe_open
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+from .checks import cache_folder
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 TINY = ASSETS / "models" / "tiny"
 CONFIGS = ASSETS / "configs"
 SHAPE_PREFIX = "shape:"
 SEED = 0
+DEFAULT_CACHE = Path.home() / ".cache" / "mgpu_lab"
 
-transformers.utils.logging.set_verbosity_error()
-transformers.utils.logging.disable_progress_bar()
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer.model.v3", "spiece.model", "vocab.json", "vocab.txt")
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
+SHOWN = 5  # names listed in a message before "and N more"
 
 
 class ModelNotFoundError(ValueError):
     """A model name that is no preset, no local folder and not in the Hugging Face cache."""
+
+
+class ModelLoadError(ValueError):
+    """A checkpoint that cannot be used as it is; the message names what is wrong and the fix."""
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """Transformers' progress bars and notes off for one load, then back as they were."""
+    verbosity = transformers.utils.logging.get_verbosity()
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers.utils.logging.set_verbosity(verbosity)
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
 
 
 def presets() -> list[str]:
@@ -48,31 +75,118 @@ def pick_dtype(device: torch.device | str) -> torch.dtype:
 
 
 def check_model(name: str) -> None:
-    """Fail fast, before any process starts, when `name` is no preset, no folder and no cached model id."""
+    """Fail fast, before any process starts, when `name` is no preset, no usable folder and no cached model id."""
+    if not isinstance(name, str):
+        raise TypeError(f"model must be a str (a preset name or a folder), got the {type(name).__name__} {name!r}.")
+    if not name.strip():
+        raise ModelNotFoundError(f"The model name is empty. Fix: pass a preset ({', '.join(presets())}) or a folder.")
     if is_synthetic(name):
         _shape_config(name)
-    elif name not in ("tiny", "small"):
-        _checkpoint(name)
+    elif name == "small":
+        cache_folder(os.environ.get("MGPU_LAB_CACHE"), DEFAULT_CACHE)
+    elif name != "tiny":
+        check_checkpoint(Path(_checkpoint(name)))
 
 
 def load_tokenizer(name: str = "tiny"):
     """The tokenizer of a model; every preset shares the bundled tiny tokenizer."""
-    if name in ("tiny", "small") or is_synthetic(name):
-        return AutoTokenizer.from_pretrained(TINY)
-    return AutoTokenizer.from_pretrained(_checkpoint(name))
+    with quiet_loading():
+        if name in ("tiny", "small") or is_synthetic(name):
+            return AutoTokenizer.from_pretrained(TINY)
+        return AutoTokenizer.from_pretrained(_checkpoint(name))
 
 
-def load_model(name: str, device: torch.device | str = "cpu", dtype: torch.dtype | None = None):
-    """Return (model, tokenizer) for a preset name or a checkpoint path, on `device`, in eval mode."""
+def load_model(name: str, device: torch.device | str = "cpu", dtype: torch.dtype | None = None, strict: bool = True):
+    """Return (model, tokenizer) on `device`, in eval mode; missing or unexpected weights fail (strict=False: warn)."""
     device = torch.device(device)
     dtype = dtype or pick_dtype(device)
+    check_model(name)
     tokenizer = load_tokenizer(name)
-    if is_synthetic(name):
-        model = _random_model(_shape_config(name), device, dtype)
-    else:
+    with quiet_loading():
+        if is_synthetic(name):
+            check_fits(name, device, dtype)
+            return _random_model(_shape_config(name), device, dtype).eval(), tokenizer
         path = TINY if name == "tiny" else small_checkpoint() if name == "small" else _checkpoint(name)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map={"": device})
+        model, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map={"": device},
+                                                           output_loading_info=True)
+    check_weights(name, info, strict)
     return model.eval(), tokenizer
+
+
+def check_weights(name: str, info: dict, strict: bool = True) -> None:
+    """Fail (or, not strict, warn on stderr) when a checkpoint lacks weights the model needs or holds others."""
+    problems = [f"{len(keys)} {what} ({_some(keys)})" for what, keys in
+                (("missing weights", info["missing_keys"]), ("unexpected weights", info["unexpected_keys"])) if keys]
+    if not problems:
+        return
+    message = f"Checkpoint {name!r} does not match its architecture: {'; '.join(problems)}."
+    if strict:
+        raise ModelLoadError(f"{message} Fix: download the checkpoint again, or check config.json belongs to it "
+                             "(load_model(..., strict=False) runs it anyway, missing weights random).")
+    print(f"WARNING: {message} The missing weights are RANDOM: the text is not the model's.", file=sys.stderr)
+
+
+def check_checkpoint(folder: Path) -> None:
+    """Name what a checkpoint folder lacks (config, a causal-LM architecture, tokenizer, whole weights) before loading."""
+    files = sorted(p.name for p in folder.iterdir())
+    fix = "Fix: download the whole checkpoint (e.g. `hf download ID --local-dir FOLDER`)."
+    if "config.json" not in files:
+        raise ModelLoadError(f"Model folder {folder} has no config.json (it holds: {_some(files) or 'nothing'}). {fix}")
+    check_causal_lm(folder)
+    if not set(TOKENIZER_FILES) & set(files):
+        raise ModelLoadError(f"Model folder {folder} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}). {fix}")
+    weights = sorted({p for pattern in WEIGHT_FILES for p in folder.glob(pattern)})
+    if not weights:
+        raise ModelLoadError(f"Model folder {folder} has no weights (no *.safetensors or pytorch_model*.bin). {fix}")
+    for path in weights:
+        if path.suffix == ".safetensors":
+            try:
+                safe_open(path, "pt").keys()
+            except SafetensorError as error:
+                raise ModelLoadError(f"Weights file {path} is truncated or damaged ({error}). "
+                                     "Fix: download that file again.") from None
+
+
+def check_causal_lm(folder: Path) -> None:
+    """Refuse a model that does not generate text left to right (BERT, T5, ...), naming its architecture."""
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"Model folder {folder} has a config.json transformers cannot read: {error}") from None
+    causal = {n for names in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
+              for n in ((names,) if isinstance(names, str) else names)}
+    architectures = config.architectures or []
+    if (architectures and not set(architectures) <= causal) or config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ModelLoadError(f"Model folder {folder} holds a {', '.join(architectures) or config.model_type}, which is "
+                             "not a causal language model: it cannot generate text. "
+                             "Fix: pass a causal LM (one whose architecture ends in ForCausalLM, such as Llama).")
+
+
+def check_fits(name: str, device: torch.device, dtype: torch.dtype) -> None:
+    """Refuse, before building it, a shape preset bigger than this process's share of the device's memory."""
+    with torch.device("meta"):
+        need = LlamaForCausalLM(_shape_config(name)).num_parameters() * dtype.itemsize
+    have, where = device_memory(device)
+    if need > have:
+        raise ModelLoadError(
+            f"{name} needs {need / 1e9:.1f} GB per process in {str(dtype).removeprefix('torch.')}, but {where} "
+            f"leaves {have / 1e9:.1f} GB. Fix: use fewer processes, a bigger GPU, or a smaller model (--model small).")
+
+
+def device_memory(device: torch.device) -> tuple[int, str]:
+    """Bytes one process may use on `device` (a GPU's free memory; RAM shared by this machine's processes)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0], f"GPU {device.index or 0}'s free memory"
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return ram // processes, f"{ram / 1e9:.0f} GB of RAM shared by {processes} process(es)"
+
+
+def _some(names) -> str:
+    """A few names from a collection, and how many more there are."""
+    names = sorted(names)
+    more = f", and {len(names) - SHOWN} more" if len(names) > SHOWN else ""
+    return ", ".join(names[:SHOWN]) + more
 
 
 def small_checkpoint() -> Path:
@@ -91,7 +205,7 @@ def small_checkpoint() -> Path:
 
 def cache_dir() -> Path:
     """Where built presets live: $MGPU_LAB_CACHE, else ~/.cache/mgpu_lab."""
-    return Path(os.environ.get("MGPU_LAB_CACHE", Path.home() / ".cache" / "mgpu_lab"))
+    return Path(os.environ.get("MGPU_LAB_CACHE", DEFAULT_CACHE))
 
 
 def _build_small(folder: Path) -> None:
@@ -99,11 +213,19 @@ def _build_small(folder: Path) -> None:
     config = LlamaConfig.from_json_file(CONFIGS / "small.json")
     model = _random_model(config, torch.device("cpu"), torch.float32)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".building-"))
+    staging.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would hide a shared cache from other users
     model.save_pretrained(staging)
     AutoTokenizer.from_pretrained(TINY).save_pretrained(staging)
     shutil.copy(TINY / "tokenizer_config.json", staging / "tokenizer_config.json")
     shutil.rmtree(folder, ignore_errors=True)  # what an interrupted build may have left
     staging.rename(folder)
+
+
+def _umask() -> int:
+    """This process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _random_model(config: LlamaConfig, device: torch.device, dtype: torch.dtype) -> LlamaForCausalLM:

@@ -1,13 +1,17 @@
 """Model presets: a real checkpoint folder, llama2-like tokenizer, deterministic small build, dtype choice."""
 
 import hashlib
+import os
+import shutil
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+import transformers
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, BertConfig, BertForMaskedLM, LlamaForCausalLM
 
 from mgpu_lab import models
-from mgpu_lab.models import ModelNotFoundError, check_model, load_model, pick_dtype, presets
+from mgpu_lab.models import ModelLoadError, ModelNotFoundError, check_model, load_model, pick_dtype, presets
 
 
 def test_tiny_is_a_plain_hugging_face_folder():
@@ -90,3 +94,102 @@ def test_processes_building_small_together_get_one_complete_folder(tmp_path, mon
     assert folders[0] == folders[1]
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".small-")) == [folders[0].split("/")[-1]]
     assert AutoModelForCausalLM.from_pretrained(folders[0]).num_parameters() > 20e6
+
+
+@pytest.fixture
+def tiny_copy(tmp_path):
+    """A copy of the tiny checkpoint folder, to damage."""
+    folder = tmp_path / "tiny"
+    shutil.copytree(models.TINY, folder)
+    return folder
+
+
+def test_missing_weights_fail_by_name(tiny_copy):
+    weights = load_file(tiny_copy / "model.safetensors")
+    kept = {k: v for k, v in weights.items() if ".layers.1." not in k}
+    save_file({**kept, "lm_head.extra": torch.zeros(2)}, tiny_copy / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match=r"9 missing weights \(model.layers.1.input_layernorm.weight, .*"
+                                             r"and 4 more\); 1 unexpected weights \(lm_head.extra\)"):
+        load_model(str(tiny_copy))
+
+
+def test_missing_weights_warn_loudly_when_not_strict(tiny_copy, capsys):
+    weights = load_file(tiny_copy / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if ".layers.0.mlp." not in k}, tiny_copy / "model.safetensors",
+              metadata={"format": "pt"})
+    model, _ = load_model(str(tiny_copy), strict=False)
+    err = capsys.readouterr().err
+    assert "WARNING" in err and "3 missing weights" in err and "RANDOM" in err and not model.training
+
+
+def test_transformers_logging_is_left_as_it_was(tiny_copy):
+    before = transformers.utils.logging.get_verbosity()
+    load_model(str(tiny_copy))
+    assert transformers.utils.logging.get_verbosity() == before != transformers.logging.ERROR
+
+
+def test_a_masked_lm_is_refused_by_architecture(tmp_path):
+    bert = BertForMaskedLM(BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                      intermediate_size=32))
+    bert.save_pretrained(tmp_path)
+    shutil.copy(models.TINY / "tokenizer.json", tmp_path)
+    with pytest.raises(ModelLoadError, match="holds a BertForMaskedLM, which is not a causal language model"):
+        check_model(str(tmp_path))
+
+
+@pytest.mark.parametrize("keep, message", [
+    ((), "has no config.json \\(it holds: nothing\\)"),
+    (("config.json",), "has no tokenizer"),
+    (("config.json", "tokenizer.json", "tokenizer_config.json"), "has no weights"),
+    (("tokenizer.json", "model.safetensors"), "has no config.json \\(it holds: model.safetensors, tokenizer.json\\)"),
+])
+def test_incomplete_folders_are_named(tiny_copy, keep, message):
+    for path in tiny_copy.iterdir():
+        if path.name not in keep:
+            path.unlink()
+    with pytest.raises(ModelLoadError, match=message):
+        check_model(str(tiny_copy))
+
+
+def test_a_truncated_weights_file_is_named(tiny_copy):
+    path = tiny_copy / "model.safetensors"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ModelLoadError, match=f"Weights file {path} is truncated or damaged"):
+        check_model(str(tiny_copy))
+
+
+@pytest.mark.parametrize("name, error, message", [("", ModelNotFoundError, "The model name is empty"),
+                                                  ("  ", ModelNotFoundError, "The model name is empty"),
+                                                  (None, TypeError, "model must be a str")])
+def test_an_empty_model_name_is_named(name, error, message):
+    with pytest.raises(error, match=message):
+        check_model(name)
+
+
+def test_shape_preset_too_big_for_memory_is_refused_before_building(monkeypatch):
+    monkeypatch.setattr(models, "device_memory", lambda device: (8 * 10**9, "8 GB of RAM shared by 2 process(es)"))
+    monkeypatch.setattr(models, "_random_model", lambda *a: pytest.fail("built before the memory check"))
+    with pytest.raises(ModelLoadError, match="shape:llama2-7b needs 27.0 GB per process in float32, but 8 GB"):
+        load_model("shape:llama2-7b")
+
+
+def test_cpu_memory_is_shared_by_the_local_processes(monkeypatch):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    have, where = models.device_memory(torch.device("cpu"))
+    assert have == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4 and "4 process(es)" in where
+
+
+def test_empty_cache_variable_is_named(monkeypatch):
+    monkeypatch.setenv("MGPU_LAB_CACHE", "")
+    with pytest.raises(ValueError, match="MGPU_LAB_CACHE is set but empty"):
+        check_model("small")
+
+
+def test_built_preset_folder_is_readable_by_others(tmp_path, monkeypatch):
+    monkeypatch.setenv("MGPU_LAB_CACHE", str(tmp_path))
+    old = os.umask(0o022)
+    try:
+        folder = models.small_checkpoint()
+    finally:
+        os.umask(old)
+    assert folder.stat().st_mode & 0o777 == 0o755
