@@ -143,7 +143,7 @@ def save_records(records: list[dict], out_dir: Path) -> tuple[Path, Path]:
     everything = load_records(jsonl)
     columns = list(dict.fromkeys(key for r in everything for key in r))
     staging = out_dir / f".records-{os.getpid()}.csv"  # this process's own; the rename swaps it in whole
-    with staging.open("w", newline="") as handle:
+    with staging.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()}
@@ -153,8 +153,9 @@ def save_records(records: list[dict], out_dir: Path) -> tuple[Path, Path]:
 
 
 def load_records(path: Path) -> list[dict]:
-    """Records written by save_records (the .jsonl file)."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """Records written by save_records (the .jsonl file); a line still being written (no newline yet) is left out."""
+    text = Path(path).read_text(encoding="utf-8")
+    return [json.loads(line) for line in text[: text.rfind("\n") + 1].split("\n") if line.strip()]
 
 
 def speedups(records: list[dict]) -> list[dict]:
