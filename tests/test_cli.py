@@ -1,6 +1,7 @@
 """The command line: stable JSON on stdout, errors as one readable line, torchrun without a second launch."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -48,3 +49,61 @@ def test_torchrun_batched_json_prints_once():
     assert done.returncode == 0, done.stderr
     record = json.loads(done.stdout)
     assert record["summary"]["num_processes"] == 2 and len(record["results"]) == 100
+
+
+LEFTOVER = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29517"}
+
+
+def cli_env(*args: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """Run the CLI with extra environment variables, never checking its exit code."""
+    streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **kwargs}
+    return subprocess.run([sys.executable, "-m", "mgpu_lab", *args], text=True, timeout=300,
+                          env={**os.environ, **(env or {})}, **streams)
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["bench", "--out", "FILE"], {}, "--out FILE is a file, not a folder"),
+    (["bench", "--out", "/proc/mgpu_lab"], {}, "--out /proc/mgpu_lab is not a writable folder"),
+    (["bench", "--plot", "/proc/scaling.png"], {}, "the folder of --plot /proc is not a writable folder"),
+    (["bench", "--plot", "scaling.txt"], {}, "does not end in a known image format"),
+    (["bench", "--bandwidth-gbs", "-5"], {}, "--bandwidth-gbs: it must be a finite number above 0, got -5.0"),
+    (["bench", "--bandwidth-gbs", "nan"], {}, "it must be a finite number above 0, got nan"),
+    (["bench", "--num-processes", "1,2"], {**LEFTOVER, "TORCHELASTIC_RUN_ID": "x"}, "pass --num-processes 2"),
+    (["doctor", "--port", "70000"], {}, "--port: it must be a TCP port from 1 to 65535, got 70000"),
+    (["batched", "--model", ""], {}, "The model name is empty"),
+    (["batched", "--prompts", "."], {}, "Prompt file . is a folder, not a file"),
+    (["batched", "--max-new-tokens", "x"], {}, "expected a whole number, got 'x'"),
+    (["batched", "--model", "small"], {"MGPU_LAB_CACHE": ""}, "MGPU_LAB_CACHE is set but empty"),
+    (["batched"], LEFTOVER, "no torchrun started this process"),
+    (["hello"], {"RANK": "1"}, "Only some torchrun variables are set (RANK;"),
+    (["naive", "--num-processes", "3"], {**LEFTOVER, "TORCHELASTIC_RUN_ID": "x"}, "WORLD_SIZE=2, but 3 process"),
+])
+def test_hostile_inputs_are_one_line_before_any_work(tmp_path, args, env, message):
+    (tmp_path / "FILE").write_text("x")
+    done = cli_env(*args, env=env, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "Launching" not in done.stdout and not (tmp_path / "records.jsonl").exists()
+
+
+def test_prompts_from_standard_input():
+    done = cli_env("batched", "--json", "--prompts", "-", "--max-new-tokens", "2", "--num-processes", "1",
+                   input="\ufeffHello there\r\nSecond\u2028line\n")
+    assert done.returncode == 0, done.stderr
+    assert [r["prompt"] for r in json.loads(done.stdout)["results"]] == ["Hello there", "Second\u2028line"]
+
+
+def test_a_full_disk_on_stdout_is_one_line():
+    with open("/dev/full", "w") as full:
+        done = cli_env("hello", "--num-processes", "1", stdout=full)
+    assert done.returncode == 1
+    assert done.stderr.strip() == "error: could not write the results to standard output (No space left on device)."
+
+
+def test_a_closed_pipe_on_stdout_is_one_line():
+    with subprocess.Popen([sys.executable, "-m", "mgpu_lab", "hello", "--num-processes", "1"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        process.stdout.close()
+        stderr = process.stderr.read()
+    assert process.returncode == 1
+    assert stderr.strip() == "error: could not write the results to standard output (Broken pipe)."
