@@ -119,7 +119,8 @@ def add_bench_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-processes", type=int_list, default=(1, 2), help="comma-separated, e.g. 1,2,4")
     parser.add_argument("--batch-sizes", type=int_list, default=(16,), help="comma-separated, e.g. 8,16,32")
     parser.add_argument("--max-new-tokens", type=int_list, default=(100,), help="comma-separated")
-    parser.add_argument("--prompts", help="a .txt or .jsonl prompt file (default: the article's 100 prompts)")
+    parser.add_argument("--prompts",
+                        help="a .txt, .jsonl or .csv prompt file, or - for stdin (default: the article's 100 prompts)")
     parser.add_argument("--prompt-set", help="a name for the prompt set in the records")
     parser.add_argument("--repeats", type=positive_int, default=3, help="timed runs per point; the median is kept")
     parser.add_argument("--token-budget", type=positive_int, default=DEFAULT_TOKEN_BUDGET,
@@ -137,7 +138,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=16, help="prompts per batch (batched, sorted)")
     parser.add_argument("--token-budget", type=positive_int, default=DEFAULT_TOKEN_BUDGET,
                         help="padded tokens per batch (budget, balanced)")
-    parser.add_argument("--prompts", help="a .txt file (one prompt a line) or .jsonl file (a \"prompt\" field)")
+    parser.add_argument("--prompts", help="a .txt (a prompt a line), .jsonl (\"prompt\" fields) or .csv "
+                                          "(a prompt column) file; - for standard input")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout, nothing else")
 
 

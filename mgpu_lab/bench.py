@@ -130,7 +130,7 @@ def run_sweep(sweep: Sweep, progress: bool = True, out_dir: Path | None = None) 
 
 
 def save_records(records: list[dict], out_dir: Path) -> tuple[Path, Path]:
-    """Append the records to records.jsonl in one write (no reader sees half a line); rebuild records.csv, renamed in."""
+    """Append the records to records.jsonl in one write (no reader sees half a line); rebuild records.csv."""
     out_dir.mkdir(parents=True, exist_ok=True)
     jsonl, table = out_dir / RECORDS, out_dir / RECORDS_CSV
     data = "".join(json.dumps(r, allow_nan=False) + "\n" for r in records).encode()

@@ -109,7 +109,8 @@ def torchrun_env(num_processes: int | tuple[int, ...] | None, environ: dict | No
     present = [v for v in TORCHRUN_VARIABLES if v in environ]
     if not present:
         return
-    unset = "Fix: unset " + " ".join(TORCHRUN_VARIABLES) + " (left over from an earlier torchrun?), or start under torchrun."
+    unset = (f"Fix: unset {' '.join(TORCHRUN_VARIABLES)} (left over from an earlier torchrun?), "
+             "or start under torchrun.")
     if len(present) < len(TORCHRUN_VARIABLES):
         missing = [v for v in TORCHRUN_VARIABLES if v not in environ]
         raise ValueError(f"Only some torchrun variables are set ({', '.join(present)}; missing "
@@ -135,7 +136,8 @@ def _env_int(environ: dict, name: str) -> int:
     try:
         return int(environ[name])
     except ValueError:
-        raise ValueError(f"{name}={environ[name]!r} is not a whole number. Fix: unset it, or start under torchrun.") from None
+        raise ValueError(f"{name}={environ[name]!r} is not a whole number. "
+                         "Fix: unset it, or start under torchrun.") from None
 
 
 def cli_type(check: Callable[[str, Any], Any], parse: Callable[[str], Any] = int) -> Callable[[str], Any]:

@@ -10,10 +10,10 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 
 from .batching import DEFAULT_TOKEN_BUDGET, balanced_split
+from .checks import run_inputs
 from .continuous import generate_continuous
 from .generate import (Completion, generate_batched, generate_budget, generate_naive, generate_sorted,
                        prompt_lengths)
-from .checks import run_inputs
 from .launch import launch
 from .models import check_model, is_synthetic, load_model
 from .prompts import default_prompts

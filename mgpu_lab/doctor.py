@@ -163,7 +163,8 @@ def checks(model: str, port: int) -> list[Callable[[], Check]]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The doctor subcommand's options."""
     parser.add_argument("--model", default="tiny", help="the model to try loading (default: tiny)")
-    parser.add_argument("--port", type=cli_type(port_number), default=DEFAULT_PORT, help=f"the port to check (default: {DEFAULT_PORT})")
+    parser.add_argument("--port", type=cli_type(port_number), default=DEFAULT_PORT,
+                        help=f"the port to check (default: {DEFAULT_PORT})")
 
 
 def run(args: argparse.Namespace) -> int:

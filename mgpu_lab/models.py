@@ -127,7 +127,7 @@ def check_weights(name: str, info: dict, strict: bool = True) -> None:
 
 
 def check_checkpoint(folder: Path) -> None:
-    """Name what a checkpoint folder lacks (config, a causal-LM architecture, tokenizer, whole weights) before loading."""
+    """Name what a checkpoint folder lacks (config, causal-LM architecture, tokenizer, whole weights)."""
     files = sorted(p.name for p in folder.iterdir())
     fix = "Fix: download the whole checkpoint (e.g. `hf download ID --local-dir FOLDER`)."
     if "config.json" not in files:
@@ -156,7 +156,8 @@ def check_causal_lm(folder: Path) -> None:
     causal = {n for names in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
               for n in ((names,) if isinstance(names, str) else names)}
     architectures = config.architectures or []
-    if (architectures and not set(architectures) <= causal) or config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+    known_type = config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    if not known_type or (architectures and not set(architectures) <= causal):
         raise ModelLoadError(f"Model folder {folder} holds a {', '.join(architectures) or config.model_type}, which is "
                              "not a causal language model: it cannot generate text. "
                              "Fix: pass a causal LM (one whose architecture ends in ForCausalLM, such as Llama).")

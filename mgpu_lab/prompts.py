@@ -60,16 +60,18 @@ def varied_prompts() -> list[str]:
 
 
 def load_prompts(path: str | Path) -> tuple[list[str], int]:
-    """Prompts from a .txt, .jsonl or .csv file ("-": standard input, a line each), and how many empty ones were skipped."""
+    """Prompts from a .txt, .jsonl or .csv file ("-": standard input, a line each), and how many empty ones it had."""
     suffix = "" if str(path) == "-" else Path(path).suffix.lower()
     if suffix not in (*TEXT_SUFFIXES, ".jsonl", ".csv"):
         raise PromptFileError(f"Prompt file {path} has an unknown type ({suffix}). Fix: use a .txt file (one "
-                              'prompt a line), a .jsonl file (a "prompt" field a line) or a .csv file (a "prompt" column).')
+                              'prompt a line), a .jsonl file (a "prompt" field a line) or a .csv file '
+                              '(a "prompt" column).')
     lines = _read_lines(path)
     if suffix == ".csv":
         lines = _csv_prompts(Path(path), lines)
     elif suffix == ".jsonl":
-        lines = [_jsonl_prompt(Path(path), number, line) if line.strip() else "" for number, line in enumerate(lines, 1)]
+        lines = [_jsonl_prompt(Path(path), number, line) if line.strip() else ""
+                 for number, line in enumerate(lines, 1)]
     prompts = [p for p in lines if p.strip()]
     if not prompts:
         raise PromptFileError(f"Prompt file {path} holds no prompts (it is empty or blank).")
@@ -88,7 +90,8 @@ def _read_lines(path: str | Path) -> list[str]:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        raise PromptFileError(f"Prompt file {path} is not UTF-8 text (byte {error.start}). Fix: save it as UTF-8.") from None
+        raise PromptFileError(
+            f"Prompt file {path} is not UTF-8 text (byte {error.start}). Fix: save it as UTF-8.") from None
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     return lines[:-1] if lines[-1] == "" else lines
 
