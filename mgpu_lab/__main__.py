@@ -56,7 +56,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if not is_main_rank():
         return 0
     if args.json:
-        print(json.dumps(result.to_dict()))
+        print(json.dumps(result.to_dict(), allow_nan=False))
     else:
         print(format_summary(result.summary), format_split(result.per_process),
               format_completions(result.results), sep="\n\n")

@@ -21,9 +21,9 @@ from tqdm.auto import tqdm
 from .batching import DEFAULT_TOKEN_BUDGET
 from . import __version__
 from .checks import positive_number, prompt_list, torchrun_env, whole_number
-from .distributed import RunConfig, timed_run, uses_batch_size
+from .distributed import RunConfig, lookup_mode, timed_run, uses_batch_size
 from .launch import launch
-from .models import is_synthetic, load_model
+from .models import check_model, is_synthetic, load_model
 from .roofline import bandwidth_for, roofline_fraction
 
 RECORDS, RECORDS_CSV = "records.jsonl", "records.csv"
@@ -101,7 +101,10 @@ def roofline_columns(summary: dict, measured: dict, bandwidth_gbs: float | None)
 
 
 def check_sweep(sweep: Sweep) -> None:
-    """Name a wrong count, bandwidth, prompt list or torchrun variable before any process starts."""
+    """Name a wrong mode, model, count, bandwidth, prompt list or torchrun variable before any process starts."""
+    for mode in sweep.modes:
+        lookup_mode(mode)
+    check_model(sweep.model)
     prompt_list(sweep.prompts)
     for name in ("num_processes", "batch_sizes", "max_new_tokens"):
         values = getattr(sweep, name)

@@ -84,6 +84,8 @@ def _read_lines(path: str | Path) -> list[str]:
         data, path = sys.stdin.buffer.read(), "<standard input>"
     else:
         data = _read_bytes(Path(path))
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise PromptFileError(f"Prompt file {path} is UTF-16 text. Fix: save it as UTF-8.")
     if b"\0" in data:
         raise PromptFileError(f"Prompt file {path} is not a text file (byte {data.index(0)} is NUL: binary data). "
                               "Fix: pass a .txt, .jsonl or .csv file.")

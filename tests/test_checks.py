@@ -63,6 +63,8 @@ def test_bandwidth_must_be_finite_and_positive(no_launch, value, error):
     ("batch_sizes", 16, "batch_sizes must be a non-empty tuple"),
     ("repeats", 2.5, "repeats must be a whole number"),
     ("prompts", "Hello", "prompts must be a list of strings"),
+    ("modes", ("batched", "fast"), "Unknown mode 'fast'"),
+    ("model", "", "The model name is empty"),
 ])
 def test_sweep_inputs_are_checked_before_the_first_launch(no_launch, field, value, message):
     with pytest.raises((TypeError, ValueError), match=message):

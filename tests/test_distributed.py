@@ -67,7 +67,12 @@ def test_empty_prompt_list_gives_an_empty_result():
 
 
 def test_error_in_a_process_names_the_global_prompt_index():
-    with pytest.raises(LaunchError, match="Prompt 10 is empty"):
+    with pytest.raises(LaunchError, match="Prompt 10 has .* tokens"):
+        run("naive", "tiny", PROMPTS[:10] + ["word " * 300], num_processes=2, max_new_tokens=4, verbose=False)
+
+
+def test_an_empty_prompt_fails_before_launch():
+    with pytest.raises(ValueError, match=r"prompts\[10\] is empty"):
         run("naive", "tiny", PROMPTS[:10] + [""], num_processes=2, max_new_tokens=4, verbose=False)
 
 

@@ -54,6 +54,7 @@ def test_missing_file(tmp_path):
     ("crlf.txt", b"Hello there\r\nSecond\r\n"),
     ("cr.txt", b"Hello there\rSecond"),
     ("prompts", b"Hello there\nSecond\n"),
+    ("p.csv", b"\xef\xbb\xbfprompt\r\nHello there\r\nSecond\r\n"),
 ])
 def test_bom_and_line_endings_users_write(tmp_path, name, content):
     path = tmp_path / name
@@ -85,6 +86,7 @@ def test_csv_without_a_prompt_column_is_named(tmp_path):
 
 @pytest.mark.parametrize("name, content, message", [
     ("image.txt", b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR", "not a text file"),
+    ("utf16.txt", "Hello\n".encode("utf-16"), "is UTF-16 text. Fix: save it as UTF-8"),
     ("prompts.json", b'["Hello"]', "unknown type \\(.json\\)"),
     ("prompts.parquet", b"PAR1", "unknown type"),
 ])
