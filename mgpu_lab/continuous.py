@@ -12,6 +12,7 @@ from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
 from .batching import DEFAULT_TOKEN_BUDGET
 from .generate import Completion, check_prompts, count_until_eos, eos_ids
+from .models import quiet_transformers
 
 PAGED = "paged|sdpa"
 PAGE_SIZE = 256
@@ -34,7 +35,7 @@ def generate_continuous(model, tokenizer, prompts: list[str], max_new_tokens: in
                               pad_token_id=tokenizer.eos_token_id,
                               min_new_tokens=max_new_tokens if force_length else None)
     previous = model.config._attn_implementation
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet_transformers():  # the scheduler's notes about NCCL are noise here
         warnings.simplefilter("ignore")
         model.set_attn_implementation(PAGED)
         try:

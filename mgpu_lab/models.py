@@ -40,8 +40,8 @@ class ModelLoadError(ValueError):
 
 
 @contextlib.contextmanager
-def quiet_loading():
-    """Transformers' progress bars and notes off for one load, then back as they were."""
+def quiet_transformers():
+    """Transformers' notes and progress bars off inside the block (a load, a scheduler), then back as they were."""
     verbosity = transformers.utils.logging.get_verbosity()
     bars = transformers.utils.logging.is_progress_bar_enabled()
     transformers.utils.logging.set_verbosity_error()
@@ -90,7 +90,7 @@ def check_model(name: str) -> None:
 
 def load_tokenizer(name: str = "tiny"):
     """The tokenizer of a model; every preset shares the bundled tiny tokenizer."""
-    with quiet_loading():
+    with quiet_transformers():
         if name in ("tiny", "small") or is_synthetic(name):
             return AutoTokenizer.from_pretrained(TINY)
         return AutoTokenizer.from_pretrained(_checkpoint(name))
@@ -102,7 +102,7 @@ def load_model(name: str, device: torch.device | str = "cpu", dtype: torch.dtype
     dtype = dtype or pick_dtype(device)
     check_model(name)
     tokenizer = load_tokenizer(name)
-    with quiet_loading():
+    with quiet_transformers():
         if is_synthetic(name):
             check_fits(name, device, dtype)
             return _random_model(_shape_config(name), device, dtype).eval(), tokenizer
