@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except LaunchError as error:
         print(f"error: {error.message}", file=sys.stderr)
-    except (ModelNotFoundError, PromptFileError, TypeError, ValueError) as error:
+    except (ModelNotFoundError, PromptFileError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
     except OSError as error:
         return output_failed(error)
@@ -200,12 +200,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def output_failed(error: OSError) -> int:
     """One line for an error writing the results (standard output full or closed, a file that cannot be written)."""
-    if isinstance(error, BrokenPipeError) or error.filename is None:
-        # Python's advice for SIGPIPE: point stdout at devnull, so the flush at exit does not fail again.
+    try:
+        sys.stdout.flush()
+    except OSError:  # stdout itself is broken: point it at devnull (Python's advice for SIGPIPE), so exit is quiet
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        print(f"error: could not write the results to standard output ({error.strerror or error}).", file=sys.stderr)
-    else:
+    if isinstance(error, BrokenPipeError):
+        print("error: standard output was closed before the results were written.", file=sys.stderr)
+    elif error.filename is not None:
         print(f"error: could not write {error.filename} ({error.strerror}).", file=sys.stderr)
+    else:
+        print(f"error: could not write the results ({error.strerror or error}).", file=sys.stderr)
     return 1
 
 

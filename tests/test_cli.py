@@ -97,7 +97,7 @@ def test_a_full_disk_on_stdout_is_one_line():
     with open("/dev/full", "w") as full:
         done = cli_env("hello", "--num-processes", "1", stdout=full)
     assert done.returncode == 1
-    assert done.stderr.strip() == "error: could not write the results to standard output (No space left on device)."
+    assert done.stderr.strip() == "error: could not write the results (No space left on device)."
 
 
 def test_a_closed_pipe_on_stdout_is_one_line():
@@ -106,4 +106,18 @@ def test_a_closed_pipe_on_stdout_is_one_line():
         process.stdout.close()
         stderr = process.stderr.read()
     assert process.returncode == 1
-    assert stderr.strip() == "error: could not write the results to standard output (Broken pipe)."
+    assert stderr.strip() == "error: standard output was closed before the results were written."
+
+
+def test_an_unwritable_plot_after_the_sweep_is_one_line_and_keeps_the_records(monkeypatch, tmp_path, capsys):
+    from mgpu_lab import __main__ as cli_main
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(tmp_path / "s.png"))
+
+    monkeypatch.setattr(cli_main, "run_sweep", lambda sweep, progress, out_dir: [{"mode": "batched"}])
+    monkeypatch.setattr(cli_main, "plot_scaling", lambda records, mode: type("F", (), {"savefig": full_disk})())
+    code = cli_main.main(["bench", "--out", str(tmp_path), "--plot", str(tmp_path / "s.png"), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 1 and json.loads(out) == {"mode": "batched"}
+    assert err == f"error: could not write {tmp_path / 's.png'} (No space left on device).\n"
