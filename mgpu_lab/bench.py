@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import fcntl
 import itertools
 import json
 import os
@@ -139,11 +140,17 @@ def save_records(records: list[dict], out_dir: Path) -> tuple[Path, Path]:
     data = "".join(json.dumps(r, allow_nan=False) + "\n" for r in records).encode()
     handle = os.open(jsonl, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     try:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # writers take turns, so the last csv holds every record
         if os.write(handle, data) != len(data):
             raise OSError(f"{jsonl}: the disk took only part of the records (is it full?)")
+        _write_csv(load_records(jsonl), out_dir, table)
     finally:
         os.close(handle)
-    everything = load_records(jsonl)
+    return jsonl, table
+
+
+def _write_csv(everything: list[dict], out_dir: Path, table: Path) -> None:
+    """Every record as a csv row, written aside and renamed in, so a reader never sees half a file."""
     columns = list(dict.fromkeys(key for r in everything for key in r))
     staging = out_dir / f".records-{os.getpid()}.csv"  # this process's own; the rename swaps it in whole
     with staging.open("w", newline="", encoding="utf-8") as handle:
@@ -152,7 +159,6 @@ def save_records(records: list[dict], out_dir: Path) -> tuple[Path, Path]:
         writer.writerows({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()}
                          for r in everything)
     staging.replace(table)
-    return jsonl, table
 
 
 def load_records(path: Path) -> list[dict]:
