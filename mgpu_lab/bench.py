@@ -17,11 +17,11 @@ import transformers
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from .batching import DEFAULT_TOKEN_BUDGET
 from . import __version__
-from .distributed import RunConfig, timed_run, uses_batch_size
+from .distributed import DEFAULTS, RunConfig, timed_run
 from .launch import launch
 from .models import is_synthetic, load_model
+from .modes import lookup_mode
 from .roofline import bandwidth_for, roofline_fraction
 
 
@@ -31,19 +31,20 @@ class Sweep:
 
     modes: tuple[str, ...] = ("naive", "batched")
     num_processes: tuple[int, ...] = (1, 2)
-    batch_sizes: tuple[int, ...] = (16,)
-    max_new_tokens: tuple[int, ...] = (100,)
-    model: str = "tiny"
+    batch_sizes: tuple[int, ...] = (DEFAULTS.batch_size,)
+    max_new_tokens: tuple[int, ...] = (DEFAULTS.max_new_tokens,)
+    model: str = DEFAULTS.model
     prompts: tuple[str, ...] = ()
     prompt_set: str = "default"
     repeats: int = 3
     bandwidth_gbs: float | None = None
-    token_budget: int = DEFAULT_TOKEN_BUDGET
+    token_budget: int = DEFAULTS.token_budget
 
     def points(self) -> list[tuple[str, int, int | None, int]]:
-        """Every (mode, processes, batch size, new tokens) to measure; modes without a batch size get None."""
+        """Every (mode, processes, batch size, new tokens) to measure; None where the mode's knob is not batch size."""
         grid = itertools.product(self.modes, self.num_processes, self.batch_sizes, self.max_new_tokens)
-        return list(dict.fromkeys((m, n, b if uses_batch_size(m) else None, k) for m, n, b, k in grid))
+        return list(dict.fromkeys((m, n, b if lookup_mode(m).knob == "batch_size" else None, k)
+                                  for m, n, b, k in grid))
 
 
 def measure_on_this_process(config: RunConfig, repeats: int) -> dict:
@@ -67,9 +68,10 @@ def make_record(sweep: Sweep, measured: dict) -> dict:
     """One flat-enough record per configuration: the median of the repeats plus everything to compare later."""
     runs = measured.pop("runs")
     first = runs[0]
-    record = {key: first[key] for key in ("mode", "model", "dtype", "device", "num_processes", "batch_size",
-                                          "token_budget", "max_new_tokens", "prompts", "prompt_tokens",
-                                          "generated_tokens", "padded_tokens", "padding_ratio")}
+    record = {key: first[key] for key in ("mode", "model", "dtype", "device", "num_processes", "knob",
+                                          "batch_size", "token_budget", "mean_batch_size", "max_new_tokens",
+                                          "prompts", "prompt_tokens", "generated_tokens", "padded_tokens",
+                                          "padding_ratio")}
     record.update(
         prompt_set=sweep.prompt_set, synthetic=is_synthetic(sweep.model), repeats=len(runs),
         wall_s=statistics.median(r["wall_s"] for r in runs),
@@ -89,10 +91,10 @@ def roofline_columns(summary: dict, measured: dict, bandwidth_gbs: float | None)
     bandwidth = bandwidth_gbs or bandwidth_for(measured["device_name"])
     if bandwidth is None:
         return {"bandwidth_gbs": None, "roofline_fraction": None}
-    per_rank = -(-summary["prompts"] // summary["num_processes"])
-    batch = max(1, min(summary["batch_size"] or 1, per_rank))
+    if not summary["mean_batch_size"]:  # no prompts, no batch
+        return {"bandwidth_gbs": bandwidth, "roofline_fraction": None}
     fraction = roofline_fraction(summary["tokens_per_s"], summary["num_processes"], bandwidth,
-                                 measured["model_bytes"], batch)
+                                 measured["model_bytes"], summary["mean_batch_size"])
     return {"bandwidth_gbs": bandwidth, "roofline_fraction": round(fraction, 4)}
 
 
@@ -100,7 +102,8 @@ def run_sweep(sweep: Sweep, progress: bool = True) -> list[dict]:
     """Measure every point of the sweep, each in a fresh launch, and return one record per point."""
     records = []
     for mode, processes, batch, new_tokens in tqdm(sweep.points(), desc="bench", disable=not progress):
-        config = RunConfig(mode, sweep.model, sweep.prompts, new_tokens, batch or 1, sweep.token_budget)
+        config = RunConfig(mode=mode, model=sweep.model, prompts=sweep.prompts, max_new_tokens=new_tokens,
+                           batch_size=batch or DEFAULTS.batch_size, token_budget=sweep.token_budget)
         measured = launch(measure_on_this_process, config, sweep.repeats, num_processes=processes, verbose=False)
         records.append(make_record(sweep, measured))
     return records
@@ -125,6 +128,19 @@ def save_records(records: list[dict], out_dir: Path) -> tuple[Path, Path]:
 def load_records(path: Path) -> list[dict]:
     """Records written by save_records (the .jsonl file)."""
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def against_input_order(records: list[dict]) -> list[dict]:
+    """Each record's tokens/s over input-order batches (mode batched) on the same processes and new tokens,
+    beside the padding-free limit (1 + padding of input order) / (1 + padding of the mode)."""
+    base = {(r["num_processes"], r["max_new_tokens"]): r for r in records if r["mode"] == "batched"}
+    rows = []
+    for r in records:
+        b = base.get((r["num_processes"], r["max_new_tokens"]))
+        rows.append({**r, "x_input_order": round(r["tokens_per_s"] / b["tokens_per_s"], 2) if b else None,
+                     "padding_free_limit": (round((1 + b["padding_ratio"]) / (1 + r["padding_ratio"]), 2)
+                                            if b else None)})
+    return rows
 
 
 def speedups(records: list[dict]) -> list[dict]:

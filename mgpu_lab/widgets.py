@@ -10,9 +10,10 @@ from typing import Callable
 import ipywidgets as widgets
 from matplotlib.figure import Figure
 
-from .distributed import mode_names, run
+from .distributed import run
 from .launch import LaunchError, count_gpus
 from .models import presets
+from .modes import mode_names
 from .prompts import default_prompts, varied_prompts
 from .report import batching, format_completions, format_split, format_summary
 

@@ -4,7 +4,8 @@ import pytest
 
 from mgpu_lab.batching import balanced_split, budget_batches, fixed_batches, sorted_batches
 from mgpu_lab.continuous import generate_continuous
-from mgpu_lab.distributed import mode_names, run
+from mgpu_lab.distributed import run
+from mgpu_lab.modes import mode_names
 from mgpu_lab.generate import generate_budget, generate_naive, generate_sorted, prompt_lengths
 from mgpu_lab.prompts import VARIED, build_varied, default_prompts, varied_prompts
 
