@@ -136,9 +136,9 @@ def out_of_memory(mode: Mode, knob: int, rows: int) -> str:
     if mode.knob is None:
         return (f"out of GPU memory on a batch of {rows} prompt(s). Fix: lower --max-new-tokens, shorten the "
                 "prompts, or use a smaller model.")
-    option = mode.knob.replace("_", "-")
-    return (f"out of GPU memory on a batch of {rows} prompt(s) ({option} {knob}). "
-            f"Fix: try --{option} {max(1, knob // 2)} ({mode.knob}={max(1, knob // 2)} in run()).")
+    smaller = max(1, knob // 2)
+    return (f"out of GPU memory on a batch of {rows} prompt(s) ({mode.knob.replace('_', ' ')} {knob}). "
+            f"Fix: try --{mode.knob.replace('_', '-')} {smaller} ({mode.knob}={smaller} in run()).")
 
 
 def summarize(config: RunConfig, mode: Mode, results: list[Completion], timings: list[dict], wall: float,
