@@ -124,7 +124,8 @@ def add_workload_options(parser: argparse.ArgumentParser) -> None:
                                           "default: the article's 100 prompts")
     parser.add_argument("--token-budget", type=positive_int, default=DEFAULTS.token_budget,
                         help="padded tokens per batch (" + ", ".join(n for n, m in MODES.items()
-                                                                     if m.knob == "token_budget") + ")")
+                                                                     if m.knob == "token_budget")
+                        + "); default: measured for the model and device, see mgpu_lab/budget.py")
 
 
 def add_bench_options(parser: argparse.ArgumentParser) -> None:

@@ -18,7 +18,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from . import __version__
-from .distributed import DEFAULTS, RunConfig, timed_run
+from .distributed import DEFAULTS, RunConfig, settle_budget, timed_run
 from .launch import launch
 from .models import is_synthetic, load_model
 from .modes import lookup_mode
@@ -38,7 +38,7 @@ class Sweep:
     prompt_set: str = "default"
     repeats: int = 3
     bandwidth_gbs: float | None = None
-    token_budget: int = DEFAULTS.token_budget
+    token_budget: int | None = DEFAULTS.token_budget
 
     def points(self) -> list[tuple[str, int, int | None, int]]:
         """Every (mode, processes, batch size, new tokens) to measure; None where the mode's knob is not batch size."""
@@ -51,6 +51,7 @@ def measure_on_this_process(config: RunConfig, repeats: int) -> dict:
     """Every process runs this: load once, one short warm-up run that is not counted, then `repeats` runs."""
     accelerator = Accelerator()
     model, tokenizer = load_model(config.model, accelerator.device)
+    config = settle_budget(config, model, tokenizer, accelerator)
     warm_prompts = config.prompts[: accelerator.num_processes * 4]
     timed_run(accelerator, model, tokenizer, replace(config, prompts=warm_prompts, max_new_tokens=4))
     runs = [timed_run(accelerator, model, tokenizer, config).summary for _ in range(repeats)]

@@ -11,7 +11,6 @@ import torch
 from transformers import GenerationConfig
 from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
-from .batching import DEFAULT_TOKEN_BUDGET
 from .generate import Completion, check_prompts, count_until_eos, eos_ids
 
 PAGED = "paged|sdpa"
@@ -19,8 +18,7 @@ PAGE_SIZE = 256
 
 
 @torch.inference_mode()
-def generate_continuous(model, tokenizer, prompts: list[str], max_new_tokens: int,
-                        token_budget: int = DEFAULT_TOKEN_BUDGET,
+def generate_continuous(model, tokenizer, prompts: list[str], max_new_tokens: int, token_budget: int,
                         indices: list[int] | None = None, force_length: bool = False) -> list[Completion]:
     """Hand every prompt to the continuous-batching scheduler at once; completions come back in input order."""
     items = list(zip(range(len(prompts)) if indices is None else indices, prompts))

@@ -7,9 +7,10 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object
+from accelerate.utils import broadcast_object_list, gather_object
 
-from .batching import DEFAULT_TOKEN_BUDGET, balanced_split
+from .batching import balanced_split
+from .budget import saturating_rows, token_budget_for
 from .continuous import continuous_items
 from .generate import BatchOutOfMemory, Completion, generate_items, prompt_lengths
 from .launch import DEFAULT_TIMEOUT_S, launch
@@ -31,7 +32,7 @@ class RunConfig:
     prompts: tuple[str, ...] = ()
     max_new_tokens: int = 100
     batch_size: int = 16
-    token_budget: int = DEFAULT_TOKEN_BUDGET
+    token_budget: int | None = None  # None: budget.py's rule picks one for this model, device and prompts
     output: str | None = None  # a .jsonl file every completion is appended to as it is produced
     skip: frozenset[int] = frozenset()  # indices whose completions the output file already holds (resume)
 
@@ -86,7 +87,17 @@ def run_on_this_process(config: RunConfig) -> RunResult:
     """The function every process runs: join the group, load the model, then one timed run."""
     accelerator = Accelerator()
     model, tokenizer = load_model(config.model, accelerator.device)
-    return timed_run(accelerator, model, tokenizer, config)
+    return timed_run(accelerator, model, tokenizer, settle_budget(config, model, tokenizer, accelerator))
+
+
+def settle_budget(config: RunConfig, model, tokenizer, accelerator: Accelerator) -> RunConfig:
+    """The config with a token budget where its mode needs one: the caller's, or the rule's (rank 0 probes)."""
+    if config.token_budget is not None or lookup_mode(config.mode).knob != "token_budget":
+        return config
+    rows = [saturating_rows(model) if accelerator.is_main_process else 0]
+    broadcast_object_list(rows)  # every process batches with the same budget
+    lengths = prompt_lengths(tokenizer, list(config.prompts))
+    return replace(config, token_budget=token_budget_for(rows[0], lengths, config.max_new_tokens))
 
 
 def timed_run(accelerator: Accelerator, model, tokenizer, config: RunConfig) -> RunResult:
@@ -163,7 +174,7 @@ def summarize(config: RunConfig, mode: Mode, results: list[Completion], timings:
 
 def run(mode: str = DEFAULTS.mode, model: str = DEFAULTS.model, prompts: list[str] | None = None,
         num_processes: int | None = None, max_new_tokens: int = DEFAULTS.max_new_tokens,
-        batch_size: int = DEFAULTS.batch_size, verbose: bool = True, token_budget: int = DEFAULTS.token_budget,
+        batch_size: int = DEFAULTS.batch_size, verbose: bool = True, token_budget: int | None = None,
         output: str | None = None, resume: bool = False, progress: bool | None = None,
         timeout: float = DEFAULT_TIMEOUT_S) -> RunResult:
     """Launch one inference run on `num_processes` processes and return rank 0's ordered result.
@@ -175,7 +186,7 @@ def run(mode: str = DEFAULTS.mode, model: str = DEFAULTS.model, prompts: list[st
     lookup_mode(mode)  # an unknown mode or model fails here, before any process starts
     check_model(model)
     for name, value in (("batch_size", batch_size), ("token_budget", token_budget)):
-        if value < 1:
+        if value is not None and value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}.")
     prompts = list(default_prompts() if prompts is None else prompts)
     reused = prepare_output(output, prompts, resume) if output else {}

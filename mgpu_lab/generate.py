@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .batching import DEFAULT_TOKEN_BUDGET, budget_batches, fixed_batches, sorted_batches
+from .batching import budget_batches, fixed_batches, sorted_batches
 
 import torch
 
@@ -103,8 +103,8 @@ def generate_sorted(model, tokenizer, prompts: list[str], max_new_tokens: int, b
     return generate_in_batches(model, tokenizer, prompts, max_new_tokens, batches, indices, force_length)
 
 
-def generate_budget(model, tokenizer, prompts: list[str], max_new_tokens: int,
-                    token_budget: int = DEFAULT_TOKEN_BUDGET, indices: list[int] | None = None,
+def generate_budget(model, tokenizer, prompts: list[str], max_new_tokens: int, token_budget: int,
+                    indices: list[int] | None = None,
                     force_length: bool = False) -> list[Completion]:
     """Length-sorted batches bounded by padded tokens instead of a prompt count."""
     batches = budget_batches(prompt_lengths(tokenizer, prompts), max_new_tokens, token_budget)
