@@ -9,6 +9,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object
 
+from . import defaults
 from .batching import balanced_split
 from .budget import saturating_rows, token_budget_for
 from .continuous import continuous_items
@@ -25,13 +26,13 @@ Item = tuple[int, str]  # a prompt and its index in the run's prompt list: they 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything one inference run needs; it travels to every process. Its defaults are the kit's defaults."""
+    """Everything one inference run needs; it travels to every process."""
 
     mode: str = "batched"
-    model: str = "tiny"
+    model: str = defaults.MODEL
     prompts: tuple[str, ...] = ()
-    max_new_tokens: int = 100
-    batch_size: int = 16
+    max_new_tokens: int = defaults.MAX_NEW_TOKENS
+    batch_size: int = defaults.BATCH_SIZE
     token_budget: int | None = None  # None: budget.py's rule picks one for this model, device and prompts
     output: str | None = None  # a .jsonl file every completion is appended to as it is produced
     skip: frozenset[int] = frozenset()  # indices whose completions the output file already holds (resume)

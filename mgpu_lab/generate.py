@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .batching import budget_batches, fixed_batches, sorted_batches
+from .defaults import BATCH_SIZE
 
 import torch
 
@@ -83,7 +84,7 @@ def generate_naive(model, tokenizer, prompts: list[str], max_new_tokens: int,
     return generate_batched(model, tokenizer, prompts, max_new_tokens, 1, indices, force_length)
 
 
-def generate_batched(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 16,
+def generate_batched(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = BATCH_SIZE,
                      indices: list[int] | None = None, force_length: bool = False,
                      **batch_options) -> list[Completion]:
     """Batches of `batch_size` prompts in input order, left padded, one generate call per batch.
@@ -96,7 +97,7 @@ def generate_batched(model, tokenizer, prompts: list[str], max_new_tokens: int, 
                                **batch_options)
 
 
-def generate_sorted(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 16,
+def generate_sorted(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = BATCH_SIZE,
                     indices: list[int] | None = None, force_length: bool = False) -> list[Completion]:
     """Batches of `batch_size` prompts of similar length; results come back in input order."""
     batches = sorted_batches(prompt_lengths(tokenizer, prompts), batch_size)
