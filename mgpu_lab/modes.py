@@ -32,8 +32,8 @@ MODES = {
                    batches=lambda lengths, budget, new: budget_batches(lengths, new, budget)),
     "balanced": Mode("token-budget batches, prompts split over processes by token count", knob="token_budget",
                      batches=lambda lengths, budget, new: budget_batches(lengths, new, budget), balanced=True),
-    "continuous": Mode("continuous batching: transformers' generate_batch with paged attention, "
-                       "--token-budget tokens per step", knob="token_budget"),
+    "continuous": Mode("continuous batching: transformers' paged-attention scheduler, --token-budget tokens "
+                       "per step", knob="token_budget"),
 }
 
 
