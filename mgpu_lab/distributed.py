@@ -122,7 +122,8 @@ def timed_run(accelerator: Accelerator, model, tokenizer, config: RunConfig) -> 
     return RunResult(results, summarize(config, mode, results, timings, wall, accelerator, model), timings)
 
 
-def generate_share(model, tokenizer, share: list[Item], mode: Mode, config: RunConfig):
+def generate_share(model, tokenizer, share: list[Item], mode: Mode,
+                   config: RunConfig) -> tuple[list[Completion], int, int]:
     """This process's completions, the rows its forward steps decoded, and how many steps (calls) it made."""
     knob = getattr(config, mode.knob) if mode.knob else 1
     force = is_synthetic(config.model)
