@@ -100,13 +100,20 @@ def roofline_columns(summary: dict, measured: dict, bandwidth_gbs: float | None)
 
 
 def run_sweep(sweep: Sweep, progress: bool = True) -> list[dict]:
-    """Measure every point of the sweep, each in a fresh launch, and return one record per point."""
-    records = []
+    """Measure every point of the sweep, each in a fresh launch, and return one record per point.
+
+    Without a given token budget, the first point that needs one measures it and every later point (with the
+    same new tokens) reuses it, so the modes are compared at one budget.
+    """
+    records, budgets = [], {}
     for mode, processes, batch, new_tokens in tqdm(sweep.points(), desc="bench", disable=not progress):
         config = RunConfig(mode=mode, model=sweep.model, prompts=sweep.prompts, max_new_tokens=new_tokens,
-                           batch_size=batch or DEFAULTS.batch_size, token_budget=sweep.token_budget)
+                           batch_size=batch or DEFAULTS.batch_size,
+                           token_budget=sweep.token_budget or budgets.get(new_tokens))
         measured = launch(measure_on_this_process, config, sweep.repeats, num_processes=processes, verbose=False)
         records.append(make_record(sweep, measured))
+        if records[-1]["token_budget"]:
+            budgets.setdefault(new_tokens, records[-1]["token_budget"])
     return records
 
 

@@ -156,3 +156,9 @@ def test_ratios_against_input_order_carry_the_padding_free_limit():
             {"mode": "budget", "num_processes": 2, "max_new_tokens": 20, "tokens_per_s": 250.0, "padding_ratio": 0.5}]
     budget = against_input_order(rows)[1]
     assert budget["x_input_order"] == 2.5 and budget["padding_free_limit"] == 2.0
+
+
+def test_a_sweep_compares_every_budget_mode_at_one_measured_budget():
+    sweep = Sweep(modes=("budget", "balanced", "continuous"), num_processes=(2,), max_new_tokens=(2,),
+                  prompts=tuple(default_prompts(repeat=1)[:4]), repeats=1)
+    assert len({r["token_budget"] for r in run_sweep(sweep, progress=False)}) == 1
