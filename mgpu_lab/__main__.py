@@ -9,14 +9,13 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from .batching import DEFAULT_TOKEN_BUDGET
 from . import doctor, gpu_check, train_tiny
-from .bench import RECORDS, RECORDS_CSV, Sweep, run_sweep
+from .bench import RECORDS, RECORDS_CSV, Sweep, against_input_order, run_sweep
 from .checks import cli_type, image_path, out_folder, positive_number, torchrun_env, whole_number
-from .distributed import MODES, mode_names, run
+from .distributed import DEFAULTS, run
 from .hello import hello
-from .launch import LaunchError, launch
-from .lessons import run_lessons
+from .launch import DEFAULT_TIMEOUT_S, LaunchError, launch
+from .modes import MODES, mode_names
 from .plots import plot_scaling
 from .models import ModelNotFoundError, check_model, is_synthetic
 from .prompts import PromptFileError, default_prompts, load_prompts
@@ -52,7 +51,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     """Lessons 2, 3 and 5 from the terminal: one inference run in the mode named by the subcommand."""
     warn_if_synthetic(args.model)
     result = run(args.command, args.model, read_prompts(args.prompts), args.num_processes,
-                 args.max_new_tokens, args.batch_size, verbose=not args.json, token_budget=args.token_budget)
+                 args.max_new_tokens, args.batch_size, verbose=not args.json, token_budget=args.token_budget,
+                 output=args.output, resume=args.resume, progress=False if args.quiet else None,
+                 timeout=args.timeout)
     if not is_main_rank():
         return 0
     if args.json:
@@ -65,6 +66,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_lessons(args: argparse.Namespace) -> int:
     """The main job: every lesson notebook, end to end, on the bundled model."""
+    from .lessons import run_lessons  # needs nbformat/nbclient, which a minimal GPU box may lack
+
     return run_lessons(Path(args.out))
 
 
@@ -95,10 +98,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     out = out_folder(args.out) if is_main_rank() else None  # every output is checked before the sweep
     plot = image_path(args.plot) if args.plot else None
     warn_if_synthetic(args.model)
-    sweep = Sweep(args.modes, args.num_processes, args.batch_sizes, args.max_new_tokens, args.model,
-                  tuple(read_prompts(args.prompts)), args.prompt_set or (args.prompts or "default"),
-                  args.repeats, args.bandwidth_gbs, args.token_budget)
-    records = run_sweep(sweep, progress=is_main_rank(), out_dir=out)
+    sweep = Sweep(modes=args.modes, num_processes=args.num_processes, batch_sizes=args.batch_sizes,
+                  max_new_tokens=args.max_new_tokens, model=args.model, prompts=tuple(read_prompts(args.prompts)),
+                  prompt_set=args.prompt_set or (args.prompts or "default"), repeats=args.repeats,
+                  bandwidth_gbs=args.bandwidth_gbs, token_budget=args.token_budget)
+    records = against_input_order(run_sweep(sweep, progress=is_main_rank(), out_dir=out))
     if not is_main_rank():
         return 0
     if args.json:
@@ -111,36 +115,50 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_workload_options(parser: argparse.ArgumentParser) -> None:
+    """The options every generating command shares: which model, which prompts, what token budget."""
+    parser.add_argument("--model", default=DEFAULTS.model, help="tiny, small, shape:NAME, or a checkpoint folder")
+    parser.add_argument("--prompts", help="a .txt (a prompt a line), .jsonl (\"prompt\" fields) or .csv "
+                                          "(a prompt column) file; - for standard input (default: the article's "
+                                          "100 prompts)")
+    parser.add_argument("--token-budget", type=positive_int, default=DEFAULTS.token_budget,
+                        help="padded tokens per batch (" + ", ".join(n for n, m in MODES.items()
+                                                                     if m.knob == "token_budget")
+                        + "); default: measured for the model and device, see mgpu_lab/budget.py")
+
+
 def add_bench_options(parser: argparse.ArgumentParser) -> None:
     """Options of the bench command: comma lists for every swept dimension."""
-    parser.add_argument("--model", default="tiny", help="tiny, small, shape:NAME, or a checkpoint folder")
+    add_workload_options(parser)
     parser.add_argument("--modes", type=mode_list, default=("naive", "batched"),
                         help=f"comma-separated, from: {', '.join(mode_names())}")
     parser.add_argument("--num-processes", type=int_list, default=(1, 2), help="comma-separated, e.g. 1,2,4")
-    parser.add_argument("--batch-sizes", type=int_list, default=(16,), help="comma-separated, e.g. 8,16,32")
-    parser.add_argument("--max-new-tokens", type=int_list, default=(100,), help="comma-separated")
-    parser.add_argument("--prompts",
-                        help="a .txt, .jsonl or .csv prompt file, or - for stdin (default: the article's 100 prompts)")
+    parser.add_argument("--batch-sizes", type=int_list, default=(DEFAULTS.batch_size,),
+                        help="comma-separated, e.g. 8,16,32")
+    parser.add_argument("--max-new-tokens", type=int_list, default=(DEFAULTS.max_new_tokens,), help="comma-separated")
     parser.add_argument("--prompt-set", help="a name for the prompt set in the records")
     parser.add_argument("--repeats", type=positive_int, default=3, help="timed runs per point; the median is kept")
-    parser.add_argument("--token-budget", type=positive_int, default=DEFAULT_TOKEN_BUDGET,
-                        help="padded tokens per batch (budget, balanced)")
-    parser.add_argument("--bandwidth-gbs", type=cli_type(positive_number, float), help="GPU memory bandwidth, for GPUs not in the table")
+    parser.add_argument("--bandwidth-gbs", type=cli_type(positive_number, float),
+                        help="GPU memory bandwidth, for GPUs not in the table")
     parser.add_argument("--out", default="results/bench", help="folder for records.jsonl and records.csv")
     parser.add_argument("--json", action="store_true", help="print the records as JSON lines on stdout")
     parser.add_argument("--plot", help="save the scaling figure (the last mode's) to this image file (.png, .svg, .pdf, ...)")
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
-    """Options shared by every command that generates text."""
-    parser.add_argument("--model", default="tiny", help="tiny, small, shape:NAME, or a checkpoint folder")
-    parser.add_argument("--max-new-tokens", type=positive_int, default=100)
-    parser.add_argument("--batch-size", type=positive_int, default=16, help="prompts per batch (batched, sorted)")
-    parser.add_argument("--token-budget", type=positive_int, default=DEFAULT_TOKEN_BUDGET,
-                        help="padded tokens per batch (budget, balanced)")
-    parser.add_argument("--prompts", help="a .txt (a prompt a line), .jsonl (\"prompt\" fields) or .csv "
-                                          "(a prompt column) file; - for standard input")
+    """Options of the commands that run one mode."""
+    add_workload_options(parser)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=DEFAULTS.max_new_tokens)
+    parser.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size,
+                        help="prompts per batch (" + ", ".join(n for n, m in MODES.items() if m.knob == "batch_size")
+                        + ")")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout, nothing else")
+    parser.add_argument("--output", help="append each completion to this .jsonl file as soon as it is generated")
+    parser.add_argument("--resume", action="store_true",
+                        help="with --output: reuse the completions the file already holds, generate the rest")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--timeout", type=cli_type(positive_number, float), default=DEFAULT_TIMEOUT_S,
+                        help="seconds a process waits for a peer that does not arrive before the run fails")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error.message}", file=sys.stderr)
     except (ModelNotFoundError, PromptFileError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        print(interrupt.args[0] if interrupt.args else "interrupted", file=sys.stderr)
+        return 130
     except OSError as error:
         return output_failed(error)
     return 2

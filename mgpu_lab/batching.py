@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-# Padded tokens per batch (rows x (longest prompt + new tokens)). Measured on 2 CPU processes with the small model:
-# 1024-2048 beat 4096 and larger on the varied prompt set, where bigger batches mostly add padding.
-DEFAULT_TOKEN_BUDGET = 2048
-
-
 def fixed_batches(count: int, size: int) -> list[list[int]]:
     """The article's batching: consecutive groups of `size` positions, in input order."""
     if size < 1:

@@ -19,12 +19,12 @@ import transformers
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from .batching import DEFAULT_TOKEN_BUDGET
 from . import __version__
 from .checks import positive_number, prompt_list, torchrun_env, whole_number
-from .distributed import RunConfig, lookup_mode, timed_run, uses_batch_size
+from .distributed import DEFAULTS, RunConfig, settle_budget, timed_run
 from .launch import launch
 from .models import check_model, is_synthetic, load_model
+from .modes import lookup_mode
 from .roofline import bandwidth_for, roofline_fraction
 
 RECORDS, RECORDS_CSV = "records.jsonl", "records.csv"
@@ -36,25 +36,27 @@ class Sweep:
 
     modes: tuple[str, ...] = ("naive", "batched")
     num_processes: tuple[int, ...] = (1, 2)
-    batch_sizes: tuple[int, ...] = (16,)
-    max_new_tokens: tuple[int, ...] = (100,)
-    model: str = "tiny"
+    batch_sizes: tuple[int, ...] = (DEFAULTS.batch_size,)
+    max_new_tokens: tuple[int, ...] = (DEFAULTS.max_new_tokens,)
+    model: str = DEFAULTS.model
     prompts: tuple[str, ...] = ()
     prompt_set: str = "default"
     repeats: int = 3
     bandwidth_gbs: float | None = None
-    token_budget: int = DEFAULT_TOKEN_BUDGET
+    token_budget: int | None = DEFAULTS.token_budget
 
     def points(self) -> list[tuple[str, int, int | None, int]]:
-        """Every (mode, processes, batch size, new tokens) to measure; modes without a batch size get None."""
+        """Every (mode, processes, batch size, new tokens) to measure; None where the mode's knob is not batch size."""
         grid = itertools.product(self.modes, self.num_processes, self.batch_sizes, self.max_new_tokens)
-        return list(dict.fromkeys((m, n, b if uses_batch_size(m) else None, k) for m, n, b, k in grid))
+        return list(dict.fromkeys((m, n, b if lookup_mode(m).knob == "batch_size" else None, k)
+                                  for m, n, b, k in grid))
 
 
 def measure_on_this_process(config: RunConfig, repeats: int) -> dict:
     """Every process runs this: load once, one short warm-up run that is not counted, then `repeats` runs."""
     accelerator = Accelerator()
     model, tokenizer = load_model(config.model, accelerator.device)
+    config = settle_budget(config, model, tokenizer, accelerator)
     warm_prompts = config.prompts[: accelerator.num_processes * 4]
     timed_run(accelerator, model, tokenizer, replace(config, prompts=warm_prompts, max_new_tokens=4))
     runs = [timed_run(accelerator, model, tokenizer, config).summary for _ in range(repeats)]
@@ -72,9 +74,10 @@ def make_record(sweep: Sweep, measured: dict) -> dict:
     """One flat-enough record per configuration: the median of the repeats plus everything to compare later."""
     runs = measured.pop("runs")
     first = runs[0]
-    record = {key: first[key] for key in ("mode", "model", "dtype", "device", "num_processes", "batch_size",
-                                          "token_budget", "max_new_tokens", "prompts", "prompt_tokens",
-                                          "generated_tokens", "padded_tokens", "padding_ratio")}
+    record = {key: first[key] for key in ("mode", "model", "dtype", "device", "num_processes", "knob",
+                                          "batch_size", "token_budget", "mean_batch_size", "max_new_tokens",
+                                          "prompts", "prompt_tokens", "generated_tokens", "padded_tokens",
+                                          "padding_ratio")}
     record.update(
         prompt_set=sweep.prompt_set, synthetic=is_synthetic(sweep.model), repeats=len(runs),
         wall_s=statistics.median(r["wall_s"] for r in runs),
@@ -94,10 +97,10 @@ def roofline_columns(summary: dict, measured: dict, bandwidth_gbs: float | None)
     bandwidth = bandwidth_gbs or bandwidth_for(measured["device_name"])
     if bandwidth is None:
         return {"bandwidth_gbs": None, "roofline_fraction": None}
-    per_rank = -(-summary["prompts"] // summary["num_processes"])
-    batch = max(1, min(summary["batch_size"] or 1, per_rank))
+    if not summary["mean_batch_size"]:  # no prompts, no batch
+        return {"bandwidth_gbs": bandwidth, "roofline_fraction": None}
     fraction = roofline_fraction(summary["tokens_per_s"], summary["num_processes"], bandwidth,
-                                 measured["model_bytes"], batch)
+                                 measured["model_bytes"], summary["mean_batch_size"])
     return {"bandwidth_gbs": bandwidth, "roofline_fraction": round(fraction, 4)}
 
 
@@ -114,22 +117,31 @@ def check_sweep(sweep: Sweep) -> None:
         for value in values:
             whole_number(name, value)
     whole_number("repeats", sweep.repeats)
-    whole_number("token_budget", sweep.token_budget)
+    if sweep.token_budget is not None:
+        whole_number("token_budget", sweep.token_budget)
     if sweep.bandwidth_gbs is not None:
         positive_number("bandwidth_gbs", sweep.bandwidth_gbs)
     torchrun_env(sweep.num_processes)
 
 
 def run_sweep(sweep: Sweep, progress: bool = True, out_dir: Path | None = None) -> list[dict]:
-    """Measure every point of the sweep, each in a fresh launch; save each record to `out_dir` as it is made."""
+    """Measure every point of the sweep, each in a fresh launch; save each record to `out_dir` as it is made.
+
+    Without a given token budget, the first point that needs one measures it and every later point (with the
+    same new tokens) reuses it, so the modes are compared at one budget.
+    """
     check_sweep(sweep)
-    records = []
+    records, budgets = [], {}
     for mode, processes, batch, new_tokens in tqdm(sweep.points(), desc="bench", disable=not progress):
-        config = RunConfig(mode, sweep.model, sweep.prompts, new_tokens, batch or 1, sweep.token_budget)
+        config = RunConfig(mode=mode, model=sweep.model, prompts=sweep.prompts, max_new_tokens=new_tokens,
+                           batch_size=batch or DEFAULTS.batch_size,
+                           token_budget=sweep.token_budget or budgets.get(new_tokens))
         measured = launch(measure_on_this_process, config, sweep.repeats, num_processes=processes, verbose=False)
         records.append(make_record(sweep, measured))
         if out_dir is not None:
             save_records(records[-1:], out_dir)
+        if records[-1]["token_budget"]:
+            budgets.setdefault(new_tokens, records[-1]["token_budget"])
     return records
 
 
@@ -165,6 +177,19 @@ def load_records(path: Path) -> list[dict]:
     """Records written by save_records (the .jsonl file); a line still being written (no newline yet) is left out."""
     text = Path(path).read_text(encoding="utf-8")
     return [json.loads(line) for line in text[: text.rfind("\n") + 1].split("\n") if line.strip()]
+
+
+def against_input_order(records: list[dict]) -> list[dict]:
+    """Each record's tokens/s over input-order batches (mode batched) on the same processes and new tokens,
+    beside the padding-free limit (1 + padding of input order) / (1 + padding of the mode)."""
+    base = {(r["num_processes"], r["max_new_tokens"]): r for r in records if r["mode"] == "batched"}
+    rows = []
+    for r in records:
+        b = base.get((r["num_processes"], r["max_new_tokens"]))
+        rows.append({**r, "x_input_order": round(r["tokens_per_s"] / b["tokens_per_s"], 2) if b else None,
+                     "padding_free_limit": (round((1 + b["padding_ratio"]) / (1 + r["padding_ratio"]), 2)
+                                            if b else None)})
+    return rows
 
 
 def speedups(records: list[dict]) -> list[dict]:

@@ -27,10 +27,17 @@ def prompt_list(prompts: object) -> tuple[str, ...]:
     return tuple(prompts)
 
 
-def run_inputs(prompts: object, num_processes: object, **counts: object) -> tuple[str, ...]:
-    """Check a run's prompts, counts and process count against the torchrun variables; return the prompts."""
+def run_inputs(prompts: object, num_processes: object, token_budget: object = None, timeout: object = None,
+               output: object = None, **counts: object) -> tuple[str, ...]:
+    """Check a run's prompts, counts, budget (None: measured), timeout, output file and process count."""
     for name, value in counts.items():
         whole_number(name, value)
+    if token_budget is not None:
+        whole_number("token_budget", token_budget)
+    if timeout is not None:
+        positive_number("timeout", timeout)
+    if output is not None:
+        output_file(output)
     if num_processes is not None:
         whole_number("num_processes", num_processes)
     torchrun_env(num_processes)
@@ -75,6 +82,21 @@ def out_folder(path: str | Path, name: str = "--out") -> Path:
     except OSError as error:
         raise ValueError(f"{name} {path} is not a writable folder ({error.strerror}). "
                          "Fix: pass a folder you can write to.") from None
+    return path
+
+
+def output_file(path: object, name: str = "output") -> Path:
+    """A file path (not a folder) that can be written, in a folder that is created if missing."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a file path (str or Path), got the {type(path).__name__} {path!r}.")
+    if not str(path).strip():
+        raise ValueError(f"{name} is an empty file name. Fix: pass a file such as completions.jsonl, or None.")
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{name} {path} is a folder. Fix: pass a file name such as {path / 'completions.jsonl'}.")
+    out_folder(path.parent, f"the folder of {name}")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"{name} {path} cannot be written (no permission). Fix: pass a file you can write to.")
     return path
 
 

@@ -1,16 +1,16 @@
-"""Continuous batching through transformers' `generate_batch`: paged attention, requests join and leave each step."""
+"""Continuous batching through transformers' scheduler: paged attention, requests join and leave each step."""
 
 from __future__ import annotations
 
 import inspect
 import math
 import warnings
+from typing import Callable
 
 import torch
 from transformers import GenerationConfig
 from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
-from .batching import DEFAULT_TOKEN_BUDGET
 from .generate import Completion, check_prompts, count_until_eos, eos_ids
 from .models import quiet_transformers
 
@@ -19,35 +19,62 @@ PAGE_SIZE = 256
 
 
 @torch.inference_mode()
-def generate_continuous(model, tokenizer, prompts: list[str], max_new_tokens: int,
-                        token_budget: int = DEFAULT_TOKEN_BUDGET, indices: list[int] | None = None,
-                        force_length: bool = False) -> list[Completion]:
-    """Hand every prompt to the continuous-batching scheduler at once; completions come back in input order.
+def generate_continuous(model, tokenizer, prompts: list[str], max_new_tokens: int, token_budget: int,
+                        indices: list[int] | None = None, force_length: bool = False) -> list[Completion]:
+    """Hand every prompt to the continuous-batching scheduler at once; completions come back in input order."""
+    items = list(zip(range(len(prompts)) if indices is None else indices, prompts))
+    completions, _ = continuous_items(model, tokenizer, items, max_new_tokens, token_budget, force_length)
+    return sorted(completions, key=lambda c: c.index)
 
+
+@torch.inference_mode()
+def continuous_items(model, tokenizer, items: list[tuple[int, str]], max_new_tokens: int, token_budget: int,
+                     force_length: bool = False,
+                     on_batch: Callable[[list[Completion]], None] | None = None) -> tuple[list[Completion], int]:
+    """Stream (index, prompt) items through the scheduler: the completions, as they finished, and the steps run.
+
+    `on_batch` sees each completion as soon as it finishes.
     `token_budget` caps the tokens one scheduler step processes. The paged KV cache is sized for exactly this
     workload: left to itself it claims a share of free memory, which on a CPU means system RAM per process.
     """
-    indices = list(range(len(prompts))) if indices is None else indices
-    check_prompts(model, tokenizer, prompts, max_new_tokens, indices)
-    if not prompts:
-        return []
+    check_prompts(model, tokenizer, items, max_new_tokens)
+    if not items:
+        return [], 0
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=tokenizer.eos_token_id,
                               pad_token_id=tokenizer.eos_token_id,
                               min_new_tokens=max_new_tokens if force_length else None)
+    inputs = [tokenizer(prompt).input_ids for _, prompt in items]
     previous = model.config._attn_implementation
     with warnings.catch_warnings(), quiet_transformers():  # the scheduler's notes about NCCL are noise here
         warnings.simplefilter("ignore")
         model.set_attn_implementation(PAGED)
         try:
-            inputs = [tokenizer(p).input_ids for p in prompts]
-            outputs = model.generate_batch(inputs, generation_config=config, progress_bar=False,
-                                           continuous_batching_config=cache_config(inputs, max_new_tokens,
-                                                                                   token_budget))
+            return _stream(model, tokenizer, items, inputs, config,
+                           cache_config(inputs, max_new_tokens, token_budget), on_batch)
         finally:
             model.set_attn_implementation(previous)
-    ordered = sorted(outputs.values(), key=lambda out: int(out.request_id.rsplit("_", 1)[1]))
-    return [_completion(tokenizer, index, prompt, out, eos_ids(model, tokenizer))
-            for index, prompt, out in zip(indices, prompts, ordered)]
+
+
+def _stream(model, tokenizer, items, inputs, config, cb_config, on_batch) -> tuple[list[Completion], int]:
+    """Add every request, then collect each one as the scheduler finishes it; also count the scheduler's steps."""
+    stop_ids = eos_ids(model, tokenizer)
+    completions = []
+    with model.continuous_batching_context_manager(generation_config=config, continuous_batching_config=cb_config,
+                                                   block=True, timeout=5) as manager:
+        by_request = dict(zip(manager.add_requests(inputs, max_new_tokens=config.max_new_tokens), items))
+        while len(completions) < len(items):
+            output = manager.get_result(timeout=1)
+            if output is None:
+                if not manager.is_running():
+                    raise RuntimeError("The continuous-batching scheduler stopped before every prompt finished.")
+                continue
+            if output.is_finished():
+                done = _completion(tokenizer, *by_request[output.request_id], output, stop_ids)
+                if on_batch:
+                    on_batch([done])
+                completions.append(done)
+        steps = manager.current_batch  # one forward pass per step, over every request in flight
+    return completions, steps
 
 
 def cache_config(inputs: list[list[int]], max_new_tokens: int, token_budget: int) -> ContinuousBatchingConfig:

@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Callable
+from dataclasses import asdict, dataclass, field, replace
 
+import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object
+from accelerate.utils import broadcast_object_list, gather_object
 
-from .batching import DEFAULT_TOKEN_BUDGET, balanced_split
+from . import defaults
+from .batching import balanced_split
+from .budget import saturating_rows, token_budget_for
 from .checks import run_inputs
-from .continuous import generate_continuous
-from .generate import (Completion, generate_batched, generate_budget, generate_naive, generate_sorted,
-                       prompt_lengths)
-from .launch import launch
+from .continuous import continuous_items
+from .generate import BatchOutOfMemory, Completion, generate_items, prompt_lengths
+from .launch import DEFAULT_TIMEOUT_S, launch
 from .models import check_model, is_synthetic, load_model
+from .modes import Mode, lookup_mode
+from .output import append_completions, prepare_output
+from .progress import Progress, tell, wanted
 from .prompts import default_prompts
+
+Item = tuple[int, str]  # a prompt and its index in the run's prompt list: they travel together end to end
 
 
 @dataclass(frozen=True)
@@ -24,11 +30,17 @@ class RunConfig:
     """Everything one inference run needs; it travels to every process."""
 
     mode: str = "batched"
-    model: str = "tiny"
+    model: str = defaults.MODEL
     prompts: tuple[str, ...] = ()
-    max_new_tokens: int = 100
-    batch_size: int = 16
-    token_budget: int = DEFAULT_TOKEN_BUDGET
+    max_new_tokens: int = defaults.MAX_NEW_TOKENS
+    batch_size: int = defaults.BATCH_SIZE
+    token_budget: int | None = None  # None: budget.py's rule picks one for this model, device and prompts
+    output: str | None = None  # a .jsonl file every completion is appended to as it is produced
+    skip: frozenset[int] = frozenset()  # indices whose completions the output file already holds (resume)
+
+
+DEFAULTS = RunConfig()
+KNOBS = ("batch_size", "token_budget")  # the RunConfig fields a Mode may name as its knob
 
 
 @dataclass
@@ -45,64 +57,16 @@ class RunResult:
                 "results": [asdict(c) for c in self.results]}
 
 
-@dataclass(frozen=True)
-class Mode:
-    """A way to run the prompts: how one process generates, and whether prompts are split by tokens."""
-
-    generate: Callable[..., list[Completion]]
-    balanced: bool = False
-    about: str = ""
-
-
-def _budget(model, tokenizer, prompts, config: RunConfig, **kwargs) -> list[Completion]:
-    """Token-budget batches: the generation of both the budget and the balanced modes."""
-    return generate_budget(model, tokenizer, prompts, config.max_new_tokens, config.token_budget, **kwargs)
-
-
-MODES = {
-    "naive": Mode(lambda m, t, p, c, **kw: generate_naive(m, t, p, c.max_new_tokens, **kw),
-                  about="one generate call per prompt (the article's first program)"),
-    "batched": Mode(lambda m, t, p, c, **kw: generate_batched(m, t, p, c.max_new_tokens, c.batch_size, **kw),
-                    about="batches of --batch-size in input order (the article's second program)"),
-    "sorted": Mode(lambda m, t, p, c, **kw: generate_sorted(m, t, p, c.max_new_tokens, c.batch_size, **kw),
-                   about="batches of --batch-size prompts of similar length, order restored"),
-    "budget": Mode(_budget, about="length-sorted batches capped at --token-budget padded tokens"),
-    "balanced": Mode(_budget, balanced=True,
-                     about="token-budget batches, prompts split over processes by token count"),
-    "continuous": Mode(lambda m, t, p, c, **kw: generate_continuous(m, t, p, c.max_new_tokens, c.token_budget,
-                                                                    **kw),
-                       about="continuous batching: transformers' generate_batch with paged attention"),
-}
-
-
-def uses_batch_size(name: str) -> bool:
-    """True for the modes whose batches are a fixed number of prompts."""
-    return name in ("batched", "sorted")
-
-
-def mode_names() -> list[str]:
-    """Every generation mode the runner, the CLI and the benchmark accept."""
-    return list(MODES)
-
-
-def lookup_mode(name: str) -> Mode:
-    """The Mode behind a name, or an error listing the known ones."""
-    if name not in MODES:
-        raise ValueError(f"Unknown mode {name!r}. Known modes: {', '.join(MODES)}.")
-    return MODES[name]
-
-
 def split_for_rank(items: list, accelerator: Accelerator) -> list:
-    """This process's contiguous share of `items`, each kept with its original index; no padding."""
-    with accelerator.split_between_processes(list(enumerate(items))) as share:
+    """This process's contiguous share of `items` (each already carrying its index); no padding."""
+    with accelerator.split_between_processes(items) as share:
         return share
 
 
-def balanced_share(prompts: list[str], tokenizer, max_new_tokens: int, accelerator: Accelerator) -> list:
+def balanced_share(items: list[Item], tokenizer, max_new_tokens: int, accelerator: Accelerator) -> list[Item]:
     """This process's share when prompts are split by token count; every rank computes the same split."""
-    costs = [length + max_new_tokens for length in prompt_lengths(tokenizer, prompts)]
-    mine = balanced_split(costs, accelerator.num_processes)[accelerator.process_index]
-    return [(i, prompts[i]) for i in mine]
+    costs = [length + max_new_tokens for length in prompt_lengths(tokenizer, [p for _, p in items])]
+    return [items[i] for i in balanced_split(costs, accelerator.num_processes)[accelerator.process_index]]
 
 
 def who_gets_what(count: int, apply_padding: bool = False) -> list[list[int]]:
@@ -112,11 +76,12 @@ def who_gets_what(count: int, apply_padding: bool = False) -> list[list[int]]:
         return gather_object([share])
 
 
-def in_prompt_order(gathered: list[Completion], expected: int) -> list[Completion]:
-    """Sort gathered completions by prompt index and check that each prompt has exactly one."""
+def in_prompt_order(gathered: list[Completion], expected: list[int]) -> list[Completion]:
+    """Sort gathered completions by prompt index and check that each expected index has exactly one."""
     ordered = sorted(gathered, key=lambda c: c.index)
-    if [c.index for c in ordered] != list(range(expected)):
-        raise RuntimeError(f"Gathered {len(ordered)} results for {expected} prompts: some are missing or doubled.")
+    if [c.index for c in ordered] != sorted(expected):
+        raise RuntimeError(f"Gathered {len(ordered)} results for {len(expected)} prompts: "
+                           "some are missing or doubled.")
     return ordered
 
 
@@ -124,42 +89,85 @@ def run_on_this_process(config: RunConfig) -> RunResult:
     """The function every process runs: join the group, load the model, then one timed run."""
     accelerator = Accelerator()
     model, tokenizer = load_model(config.model, accelerator.device)
-    return timed_run(accelerator, model, tokenizer, config)
+    return timed_run(accelerator, model, tokenizer, settle_budget(config, model, tokenizer, accelerator))
+
+
+def settle_budget(config: RunConfig, model, tokenizer, accelerator: Accelerator) -> RunConfig:
+    """The config with a token budget where its mode needs one: the caller's, or the rule's (rank 0 probes)."""
+    if config.token_budget is not None or lookup_mode(config.mode).knob != "token_budget":
+        return config
+    rows = [saturating_rows(model) if accelerator.is_main_process else 0]
+    broadcast_object_list(rows)  # every process batches with the same budget
+    lengths = prompt_lengths(tokenizer, list(config.prompts))
+    return replace(config, token_budget=token_budget_for(rows[0], lengths, config.max_new_tokens))
 
 
 def timed_run(accelerator: Accelerator, model, tokenizer, config: RunConfig) -> RunResult:
     """Split, generate, gather, summarise; the clock runs between two barriers, so it covers the slowest rank."""
-    how = lookup_mode(config.mode)
-    prompts = list(config.prompts)
-    share = (balanced_share(prompts, tokenizer, config.max_new_tokens, accelerator) if how.balanced
-             else split_for_rank(prompts, accelerator))
+    mode = lookup_mode(config.mode)
+    todo = [(i, p) for i, p in enumerate(config.prompts) if i not in config.skip]
+    share = (balanced_share(todo, tokenizer, config.max_new_tokens, accelerator) if mode.balanced
+             else split_for_rank(todo, accelerator))
     accelerator.wait_for_everyone()
     start = time.perf_counter()
-    mine = how.generate(model, tokenizer, [p for _, p in share], config,
-                        indices=[i for i, _ in share], force_length=is_synthetic(config.model))
+    mine, rows, calls = generate_share(model, tokenizer, share, mode, config)
     seconds = time.perf_counter() - start
     gathered = gather_object(mine)
     timings = gather_object([{"process": accelerator.process_index, "prompts": len(share),
                               "prompt_tokens": sum(c.prompt_tokens for c in mine),
                               "generated_tokens": sum(c.generated_tokens for c in mine),
-                              "seconds": round(seconds, 4)}])
+                              "rows": rows, "calls": calls, "seconds": round(seconds, 4)}])
     accelerator.wait_for_everyone()
     wall = time.perf_counter() - start
-    results = in_prompt_order(gathered, len(config.prompts))
-    return RunResult(results, summarize(config, results, wall, accelerator, model), timings)
+    results = in_prompt_order(gathered, [i for i, _ in todo])
+    return RunResult(results, summarize(config, mode, results, timings, wall, accelerator, model), timings)
 
 
-def summarize(config: RunConfig, results: list[Completion], wall: float, accelerator, model) -> dict:
-    """The run's figures: what ran where, honest token counts, wall time between barriers, tokens/s."""
+def generate_share(model, tokenizer, share: list[Item], mode: Mode,
+                   config: RunConfig) -> tuple[list[Completion], int, int]:
+    """This process's completions, the rows its forward steps decoded, and how many steps (calls) it made."""
+    knob = getattr(config, mode.knob) if mode.knob else 1
+    force = is_synthetic(config.model)
+
+    def produced(done: list[Completion]) -> None:
+        if config.output:
+            append_completions(config.output, done)
+        tell(len(done), sum(c.generated_tokens for c in done))
+
+    if mode.batches is None:  # the scheduler forms a new batch at every step
+        mine, steps = continuous_items(model, tokenizer, share, config.max_new_tokens, knob, force, produced)
+        return mine, sum(c.generated_tokens for c in mine), steps
+    batches = mode.batches(prompt_lengths(tokenizer, [p for _, p in share]), knob, config.max_new_tokens)
+    try:
+        mine = generate_items(model, tokenizer, share, config.max_new_tokens, batches, force, produced)
+    except BatchOutOfMemory as error:
+        raise torch.cuda.OutOfMemoryError(out_of_memory(mode, knob, error.rows)) from None
+    return mine, len(share), len(batches)
+
+
+def out_of_memory(mode: Mode, knob: int, rows: int) -> str:
+    """One line for a batch that did not fit in GPU memory: its size and a smaller setting to try."""
+    if mode.knob is None:
+        return (f"out of GPU memory on a batch of {rows} prompt(s). Fix: lower --max-new-tokens, shorten the "
+                "prompts, or use a smaller model.")
+    smaller = max(1, knob // 2)
+    return (f"out of GPU memory on a batch of {rows} prompt(s) ({mode.knob.replace('_', ' ')} {knob}). "
+            f"Fix: try --{mode.knob.replace('_', '-')} {smaller} ({mode.knob}={smaller} in run()).")
+
+
+def summarize(config: RunConfig, mode: Mode, results: list[Completion], timings: list[dict], wall: float,
+              accelerator, model) -> dict:
+    """The run's figures: what ran where, the knob and mean batch, honest token counts, wall time, tokens/s."""
     generated = sum(c.generated_tokens for c in results)
     real = sum(c.prompt_tokens + c.generated_tokens for c in results)
     padded = sum(c.padded_tokens for c in results)
+    calls = sum(t["calls"] for t in timings)
     return {
         "mode": config.mode, "model": config.model, "dtype": str(model.dtype).removeprefix("torch."),
-        "device": accelerator.device.type, "num_processes": accelerator.num_processes,
-        "batch_size": config.batch_size if uses_batch_size(config.mode) else None,
-        "token_budget": config.token_budget if config.mode in ("budget", "balanced") else None,
-        "max_new_tokens": config.max_new_tokens, "prompts": len(results),
+        "device": accelerator.device.type, "num_processes": accelerator.num_processes, "knob": mode.knob,
+        **{knob: getattr(config, knob) if knob == mode.knob else None for knob in KNOBS},
+        "mean_batch_size": round(sum(t["rows"] for t in timings) / calls, 2) if calls else None,
+        "max_new_tokens": config.max_new_tokens, "prompts": len(results), "reused": 0,
         "prompt_tokens": sum(c.prompt_tokens for c in results), "generated_tokens": generated,
         "stopped_at_eos": sum(c.stop_reason == "eos" for c in results),
         "padded_tokens": padded, "padding_ratio": round(padded / real, 3) if real else 0.0,
@@ -167,13 +175,35 @@ def summarize(config: RunConfig, results: list[Completion], wall: float, acceler
     }
 
 
-def run(mode: str = "batched", model: str = "tiny", prompts: list[str] | None = None,
-        num_processes: int | None = None, max_new_tokens: int = 100, batch_size: int = 16,
-        verbose: bool = True, token_budget: int = DEFAULT_TOKEN_BUDGET) -> RunResult:
-    """Launch one inference run on `num_processes` processes and return rank 0's ordered result."""
+def run(mode: str = DEFAULTS.mode, model: str = DEFAULTS.model, prompts: list[str] | None = None,
+        num_processes: int | None = None, max_new_tokens: int = DEFAULTS.max_new_tokens,
+        batch_size: int = DEFAULTS.batch_size, verbose: bool = True, token_budget: int | None = None,
+        output: str | None = None, resume: bool = False, progress: bool | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S) -> RunResult:
+    """Launch one inference run on `num_processes` processes and return rank 0's ordered result.
+
+    `output`: a .jsonl file each completion is appended to as it is produced; with `resume=True` the prompts it
+    already holds are reused, not generated again. `progress`: a live bar (None: where someone watches).
+    `timeout`: seconds a process waits for a peer that does not arrive before the run fails.
+    """
     lookup_mode(mode)  # every mistake fails here, before any process starts
     check_model(model)
-    prompts = run_inputs(default_prompts() if prompts is None else prompts, num_processes,
-                         max_new_tokens=max_new_tokens, batch_size=batch_size, token_budget=token_budget)
-    config = RunConfig(mode, model, prompts, max_new_tokens, batch_size, token_budget)
-    return launch(run_on_this_process, config, num_processes=num_processes, verbose=verbose)
+    prompts = list(run_inputs(default_prompts() if prompts is None else prompts, num_processes,
+                              token_budget=token_budget, timeout=timeout, output=output,
+                              max_new_tokens=max_new_tokens, batch_size=batch_size))
+    reused = prepare_output(output, prompts, resume) if output else {}
+    config = RunConfig(mode=mode, model=model, prompts=tuple(prompts), max_new_tokens=max_new_tokens,
+                       batch_size=batch_size, token_budget=token_budget, output=output, skip=frozenset(reused))
+    bar = Progress(total=len(prompts), done=len(reused)) if wanted(progress) else None
+    result = launch(run_on_this_process, config, num_processes=num_processes, verbose=verbose, progress=bar,
+                    timeout=timeout)
+    return with_reused(result, reused)
+
+
+def with_reused(result: RunResult, reused: dict[int, Completion]) -> RunResult:
+    """Put the completions a resumed run took from its output file back among the new ones, in prompt order."""
+    if not reused:
+        return result
+    results = sorted([*result.results, *reused.values()], key=lambda c: c.index)
+    return replace(result, results=results,
+                   summary={**result.summary, "prompts": len(results), "reused": len(reused)})

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
-from .batching import DEFAULT_TOKEN_BUDGET, budget_batches, fixed_batches, sorted_batches
+from .batching import budget_batches, fixed_batches, sorted_batches
+from .defaults import BATCH_SIZE
 
 import torch
 
@@ -23,10 +25,9 @@ class Completion:
     padded_tokens: int = 0  # positions of this row that held padding: left of the prompt, after its EOS
 
 
-def ensure_pad_token(tokenizer) -> None:
-    """Llama tokenizers have no pad token; padding reuses EOS, and the attention mask hides it."""
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+def pad_token(tokenizer) -> str:
+    """The token that fills padding: the tokenizer's own, or EOS for Llama tokenizers that have none."""
+    return tokenizer.pad_token if tokenizer.pad_token is not None else tokenizer.eos_token
 
 
 def eos_ids(model, tokenizer) -> set[int]:
@@ -36,12 +37,12 @@ def eos_ids(model, tokenizer) -> set[int]:
     return ids | {tokenizer.eos_token_id}
 
 
-def check_prompts(model, tokenizer, prompts: list[str], max_new_tokens: int, indices: list[int]) -> None:
+def check_prompts(model, tokenizer, items: list[tuple[int, str]], max_new_tokens: int) -> None:
     """Reject empty prompts, prompts that do not fit the model's context, and a max_new_tokens below 1."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
     limit = model.config.max_position_embeddings
-    for number, prompt in zip(indices, prompts):
+    for number, prompt in items:
         if not prompt.strip():
             raise ValueError(f"Prompt {number} is empty. Fix: remove it, or give it some text.")
         length = len(tokenizer(prompt).input_ids)
@@ -63,10 +64,18 @@ def count_until_eos(new_ids: list[int], stop_ids: set[int]) -> tuple[int, str]:
 
 def padded_batch(tokenizer, prompts: list[str], device: torch.device | str = "cpu", padding_side: str = "left",
                  add_special_tokens: bool = True):
-    """Tokenize a batch; the right way keeps BOS and pads on the left, so every row's last token is real."""
-    ensure_pad_token(tokenizer)
-    return tokenizer(prompts, return_tensors="pt", padding=True, padding_side=padding_side,
-                     add_special_tokens=add_special_tokens).to(device)
+    """Tokenize a batch; the right way keeps BOS and pads on the left, so every row's last token is real.
+
+    Padding uses pad_token(tokenizer), EOS when the tokenizer has no pad token (the attention mask hides it);
+    the tokenizer is left as the caller gave it.
+    """
+    own = tokenizer.pad_token
+    tokenizer.pad_token = pad_token(tokenizer)
+    try:
+        return tokenizer(prompts, return_tensors="pt", padding=True, padding_side=padding_side,
+                         add_special_tokens=add_special_tokens).to(device)
+    finally:
+        tokenizer.pad_token = own
 
 
 def generate_naive(model, tokenizer, prompts: list[str], max_new_tokens: int,
@@ -75,7 +84,7 @@ def generate_naive(model, tokenizer, prompts: list[str], max_new_tokens: int,
     return generate_batched(model, tokenizer, prompts, max_new_tokens, 1, indices, force_length)
 
 
-def generate_batched(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 16,
+def generate_batched(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = BATCH_SIZE,
                      indices: list[int] | None = None, force_length: bool = False,
                      **batch_options) -> list[Completion]:
     """Batches of `batch_size` prompts in input order, left padded, one generate call per batch.
@@ -88,15 +97,15 @@ def generate_batched(model, tokenizer, prompts: list[str], max_new_tokens: int, 
                                **batch_options)
 
 
-def generate_sorted(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 16,
+def generate_sorted(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = BATCH_SIZE,
                     indices: list[int] | None = None, force_length: bool = False) -> list[Completion]:
     """Batches of `batch_size` prompts of similar length; results come back in input order."""
     batches = sorted_batches(prompt_lengths(tokenizer, prompts), batch_size)
     return generate_in_batches(model, tokenizer, prompts, max_new_tokens, batches, indices, force_length)
 
 
-def generate_budget(model, tokenizer, prompts: list[str], max_new_tokens: int,
-                    token_budget: int = DEFAULT_TOKEN_BUDGET, indices: list[int] | None = None,
+def generate_budget(model, tokenizer, prompts: list[str], max_new_tokens: int, token_budget: int,
+                    indices: list[int] | None = None,
                     force_length: bool = False) -> list[Completion]:
     """Length-sorted batches bounded by padded tokens instead of a prompt count."""
     batches = budget_batches(prompt_lengths(tokenizer, prompts), max_new_tokens, token_budget)
@@ -108,34 +117,56 @@ def prompt_lengths(tokenizer, prompts: list[str]) -> list[int]:
     return [len(ids) for ids in tokenizer(prompts).input_ids] if prompts else []
 
 
-@torch.inference_mode()
+class BatchOutOfMemory(RuntimeError):
+    """A generate call that ran out of GPU memory; `rows` is the number of prompts in that batch."""
+
+    def __init__(self, rows: int):
+        super().__init__(f"out of GPU memory on a batch of {rows} prompt(s)")
+        self.rows = rows
+
+
 def generate_in_batches(model, tokenizer, prompts: list[str], max_new_tokens: int, batches: list[list[int]],
                         indices: list[int] | None = None, force_length: bool = False,
                         **batch_options) -> list[Completion]:
     """One left-padded generate call per batch of positions; completions come back in input order."""
-    indices = list(range(len(prompts))) if indices is None else indices
-    check_prompts(model, tokenizer, prompts, max_new_tokens, indices)
+    items = list(zip(range(len(prompts)) if indices is None else indices, prompts))
+    done = generate_items(model, tokenizer, items, max_new_tokens, batches, force_length, **batch_options)
+    return sorted(done, key=lambda c: c.index)
+
+
+@torch.inference_mode()
+def generate_items(model, tokenizer, items: list[tuple[int, str]], max_new_tokens: int, batches: list[list[int]],
+                   force_length: bool = False, on_batch: Callable[[list[Completion]], None] | None = None,
+                   **batch_options) -> list[Completion]:
+    """Generate for (index, prompt) items, one call per batch of positions; `on_batch` sees each batch's results."""
+    check_prompts(model, tokenizer, items, max_new_tokens)
     completions = []
     for positions in batches:
-        chunk = [prompts[p] for p in positions]
-        batch = padded_batch(tokenizer, chunk, model.device, **batch_options)
-        completions += _completions(model, tokenizer, batch, [indices[p] for p in positions], chunk,
-                                    max_new_tokens, force_length)
-    return sorted(completions, key=lambda c: c.index)
+        chunk = [items[p] for p in positions]
+        batch = padded_batch(tokenizer, [prompt for _, prompt in chunk], model.device, **batch_options)
+        try:
+            done = _completions(model, tokenizer, batch, chunk, max_new_tokens, force_length)
+        except torch.cuda.OutOfMemoryError:
+            raise BatchOutOfMemory(len(chunk)) from None
+        if on_batch:
+            on_batch(done)
+        completions += done
+    return completions
 
 
-def _completions(model, tokenizer, batch, indices: list[int], prompts: list[str],
+def _completions(model, tokenizer, batch, chunk: list[tuple[int, str]],
                  max_new_tokens: int, force_length: bool) -> list[Completion]:
-    """Run one greedy generate call on a batch from padded_batch (which set the pad token) and cut each row."""
+    """Run one greedy generate call on a batch from padded_batch and cut each row at its first EOS."""
     output = model.generate(
-        **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+        **batch, max_new_tokens=max_new_tokens, do_sample=False,
+        pad_token_id=tokenizer.convert_tokens_to_ids(pad_token(tokenizer)),
         min_new_tokens=max_new_tokens if force_length else None,
     )
     width = batch["input_ids"].shape[1]
     new_tokens = output[:, width:].tolist()  # the prompt (and its padding) is cut off
     stop_ids = eos_ids(model, tokenizer)
     completions = []
-    for row, (index, prompt) in enumerate(zip(indices, prompts)):
+    for row, (index, prompt) in enumerate(chunk):
         count, reason = count_until_eos(new_tokens[row], stop_ids)
         kept, prompt_tokens = new_tokens[row][:count], int(batch["attention_mask"][row].sum())
         completions.append(Completion(

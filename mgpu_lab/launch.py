@@ -2,30 +2,35 @@
 
 from __future__ import annotations
 
-import contextlib
+import ctypes
+import datetime
 import io
-import logging
 import os
 import pickle
 import shutil
+import signal
 import socket
 import sys
 import tempfile
 import traceback
 from dataclasses import dataclass
+from multiprocessing import connection
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from accelerate import notebook_launcher
 from accelerate.state import PartialState
-from accelerate.utils import patch_environment
+from accelerate.utils import PrepareForLaunch, parse_flag_from_env, patch_environment
 
 from .checks import port as port_number
+from .progress import CHANNEL, Bar, Progress
 
 RESULT_FILE = "result.pkl"
 MAIN_OUTPUT = "stdout-rank0.txt"
 TEMP_PREFIX = "mgpu_lab-"  # then the launching process's PID: a folder whose process is gone is removed
+# How long a process waits for its peers (to join, or in a collective) before the launch fails; torch's is 30 min.
+DEFAULT_TIMEOUT_S = 300
+STOP_GRACE_S = 3  # after SIGTERM, how long a process gets before SIGKILL
 
 
 class LaunchError(RuntimeError):
@@ -124,30 +129,33 @@ def plan_launch(num_processes: int | None = None, port: int | None = None) -> La
     return LaunchPlan(num_processes, device, 1, port)
 
 
-def launch(fn: Callable[..., Any], *args: Any, num_processes: int | None = None,
-           port: int | None = None, verbose: bool = True) -> Any:
-    """Run `fn(*args)` on every process and return what rank 0's call returned."""
+def launch(fn: Callable[..., Any], *args: Any, num_processes: int | None = None, port: int | None = None,
+           verbose: bool = True, progress: Progress | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> Any:
+    """Run `fn(*args)` on every process and return what rank 0's call returned.
+
+    `progress` draws one bar over every process (they report through progress.tell); `timeout` is how many
+    seconds a process waits for a peer that does not arrive (to join, or in a collective) before the launch fails.
+    """
     if already_launched():
-        return _run_in_this_process(fn, args)
+        return _run_in_this_process(fn, args, timeout)
     check_parent_is_clean()
+    if timeout <= 0:
+        raise LaunchError(f"timeout must be > 0 seconds, got {timeout}.")
     plan = plan_launch(num_processes, port)
     if verbose:
         print(plan.describe(), flush=True)  # flushed before the fork, so no child inherits it unprinted
     with launch_folder() as tmp:
-        child_args = (fn, args, Path(tmp), plan.threads_per_process, sys.stdout, sys.stderr)
-        env = dict(
-            ACCELERATE_USE_CPU="yes" if plan.device == "cpu" else "no",
-            OMP_NUM_THREADS=str(plan.threads_per_process),
-            TOKENIZERS_PARALLELISM="false",
-        )
+        folder = Path(tmp)
+        bar = Bar(folder, progress) if progress else None
         try:
-            with patch_environment(**env):
-                _start(plan, child_args)
-        except Exception as error:
-            raise _failure(Path(tmp), error) from None
+            processes = _start(plan, (fn, args, folder, plan.threads_per_process, timeout, sys.stdout, sys.stderr),
+                               {CHANNEL: tmp} if bar else {})
+            _watch(processes, folder, bar, timeout)
         finally:
-            _replay_main_output(Path(tmp))
-        return _read_result(Path(tmp))
+            if bar:
+                bar.close()
+            _replay_main_output(folder)
+        return _read_result(folder)
 
 
 def launch_folder() -> tempfile.TemporaryDirectory:
@@ -178,15 +186,23 @@ def _replay_main_output(tmp: Path) -> None:
         sys.stdout.flush()
 
 
-def _run_in_this_process(fn: Callable[..., Any], args: tuple) -> Any:
+def _run_in_this_process(fn: Callable[..., Any], args: tuple, timeout: float) -> Any:
     """Under torchrun each rank is already a process: run here, on CPU when there is no GPU."""
     if not count_gpus():
         os.environ.setdefault("ACCELERATE_USE_CPU", "yes")
         os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per CPU process, as launch() gives its children
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    _join_group(timeout)
     result = fn(*args)
     _leave_process_group()
     return result
+
+
+def _join_group(timeout: float) -> None:
+    """Make the process group now, with our timeout, so a peer that never arrives ends the run in bounded time."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # The Accelerator that fn makes reuses this state (and its process group).
+        PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), timeout=datetime.timedelta(seconds=timeout))
 
 
 def _leave_process_group() -> None:
@@ -196,47 +212,68 @@ def _leave_process_group() -> None:
         torch.distributed.destroy_process_group()
 
 
-def _start(plan: LaunchPlan, child_args: tuple) -> None:
-    """Fork the processes: accelerate's notebook_launcher for several, one forked child for one."""
-    if plan.num_processes == 1:
-        # notebook_launcher would run a single process inside this kernel and leave its state here.
-        torch.multiprocessing.start_processes(
-            _child_with_index, args=child_args, nprocs=1, start_method="fork"
-        )
-        return
-    with _quiet_torch_logs(), contextlib.redirect_stdout(io.StringIO()):  # drops "Launching training on N CUDAs"
-        notebook_launcher(_child, args=child_args, num_processes=plan.num_processes, use_port=str(plan.port))
+def _start(plan: LaunchPlan, child_args: tuple, extra_env: dict) -> list:
+    """Fork one process per rank, each told its rank by accelerate's PrepareForLaunch; return them running."""
+    n = plan.num_processes
+    env = dict(ACCELERATE_USE_CPU="yes" if plan.device == "cpu" else "no",
+               OMP_NUM_THREADS=str(plan.threads_per_process), TOKENIZERS_PARALLELISM="false",
+               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(plan.port), WORLD_SIZE=str(n), NPROC=str(n), NODE_RANK="0",
+               **extra_env)
+    # One process runs without a process group, as rank 0; several need torch.distributed's environment.
+    kind = "NO" if n == 1 else "MULTI_GPU" if plan.device == "cuda" else "MULTI_CPU"
+    with patch_environment(**env):
+        context = torch.multiprocessing.start_processes(PrepareForLaunch(_child, distributed_type=kind),
+                                                        args=child_args, nprocs=n, join=False, start_method="fork")
+    return context.processes
 
 
-@contextlib.contextmanager
-def _quiet_torch_logs():
-    """A child's failure is reported once, by launch(); torch's launcher logs would repeat it as noise."""
-    loggers = [logging.getLogger(name) for name in ("torch.distributed.elastic", "torch.multiprocessing")]
-    levels = [log.level for log in loggers]
-    for log in loggers:
-        log.setLevel(logging.CRITICAL)
+def _watch(processes: list, tmp: Path, bar: Bar | None, timeout: float) -> None:
+    """Wait for every process, redrawing the bar; on a failure or an interrupt stop them all and say why."""
     try:
-        yield
-    finally:
-        for log, level in zip(loggers, levels):
-            log.setLevel(level)
+        while any(p.exitcode is None for p in processes):
+            connection.wait([p.sentinel for p in processes if p.exitcode is None], timeout=0.5)
+            if bar:
+                bar.refresh()
+            if any(p.exitcode not in (None, 0) for p in processes):
+                error = _failure(processes, tmp, timeout)
+                _stop(processes)
+                raise error
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"interrupted: stopped {_stop(processes)} processes") from None
 
 
-def _child_with_index(_index: int, *child_args: Any) -> None:
-    """Entry point for torch's start_processes, which passes the process index first."""
-    _child(*child_args)
+def _stop(processes: list) -> int:
+    """SIGTERM every running process, SIGKILL those still there after a grace period; how many were running."""
+    running = [p for p in processes if p.exitcode is None]
+    for p in running:
+        p.terminate()
+    for p in running:
+        p.join(STOP_GRACE_S)
+        if p.exitcode is None:
+            p.kill()
+            p.join()
+    return len(running)
 
 
-def _child(fn: Callable[..., Any], args: tuple, tmp: Path, threads: int, stdout, stderr) -> None:
+def _die_with_parent() -> None:
+    """On Linux, have the kernel SIGKILL this process if its parent dies (a killed notebook or terminal)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
+def _child(fn: Callable[..., Any], args: tuple, tmp: Path, threads: int, timeout: float, stdout, stderr) -> None:
     """Runs in each forked process: call fn, save rank 0's result and output, record any error for the parent.
 
     Rank 0's prints are captured and printed by the parent when the launch ends: streamed from a forked process
     into a Jupyter kernel, they could arrive after the kernel's own next line.
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches every process; the parent stops them all
+    _die_with_parent()
     rank = int(os.environ.get("RANK", "0"))
     sys.stdout, sys.stderr = io.StringIO() if rank == 0 else stdout, stderr
     torch.set_num_threads(threads)
     try:
+        _join_group(timeout)
         result = fn(*args)
     except BaseException as error:
         (tmp / f"error-rank{rank}.txt").write_text(
@@ -252,17 +289,40 @@ def _child(fn: Callable[..., Any], args: tuple, tmp: Path, threads: int, stdout,
     _leave_process_group()
 
 
-def _failure(tmp: Path, error: Exception) -> LaunchError:
-    """The failing rank's own exception message, or the launcher's when no rank recorded one."""
+def _failure(processes: list, tmp: Path, timeout: float) -> LaunchError:
+    """Why the launch failed: a process killed by a signal, else the first error a process recorded."""
+    for rank, p in enumerate(processes):
+        if p.exitcode is not None and p.exitcode < 0:
+            return LaunchError(_killed(rank, signal.Signals(-p.exitcode).name))
     # The first rank to fail holds the cause; the others fail after it, when their peer disappears.
     reports = sorted(tmp.glob("error-rank*.txt"), key=lambda path: path.stat().st_mtime_ns)
     if not reports:
-        return LaunchError(f"The launch failed before any process ran the function: {error}")
+        codes = {rank: p.exitcode for rank, p in enumerate(processes) if p.exitcode}
+        return LaunchError(f"The launch failed: process(es) exited with code(s) {codes} without an error message.")
     message, _, child_traceback = reports[0].read_text().partition("\n\n")
+    if "timed out" in message.lower() or "timeout" in message.lower():
+        return LaunchError(_not_arrived(processes, tmp, timeout), child_traceback)
     # When several ranks raised the same error, name the lowest one, so the message is the same on every run.
     rank = min(int(path.stem.removeprefix("error-rank")) for path in reports
                if path.read_text().partition("\n\n")[0] == message)
     return LaunchError(f"Process {rank} raised {message}", f"(traceback in that process)\n{child_traceback}")
+
+
+def _killed(rank: int, name: str) -> str:
+    """One line for a process that a signal ended."""
+    hint = (" - on Linux this is usually the out-of-memory killer: lower the batch size or the number of processes"
+            if name == "SIGKILL" else "")
+    return f"process {rank} was killed by {name}{hint}."
+
+
+def _not_arrived(processes: list, tmp: Path, timeout: float) -> str:
+    """One line naming the processes that left their peers waiting longer than `timeout`."""
+    late = [str(rank) for rank, p in enumerate(processes)
+            if p.exitcode is None and not (tmp / f"error-rank{rank}.txt").exists()]
+    who = f"process(es) {', '.join(late)}" if late else "a process"
+    return (f"{who} did not arrive within the {timeout:g} s timeout (to join the group, or in a collective), so the "
+            "others gave up. Fix: if it hangs, look for a rank that skips a collective (gather, barrier); if it is "
+            "only slower (a long, uneven share), raise the timeout (--timeout, timeout=).")
 
 
 def _read_result(tmp: Path) -> Any:

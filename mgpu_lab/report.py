@@ -8,24 +8,32 @@ from .generate import Completion
 
 
 def batching(summary: dict) -> str:
-    """How a run grouped its prompts, in a few words."""
-    if summary.get("batch_size"):
-        return f"batch size {summary['batch_size']}"
-    if summary.get("token_budget"):
-        return f"token budget {summary['token_budget']}"
-    return "one prompt per call" if summary["mode"] == "naive" else summary["mode"]
+    """How a run grouped its prompts, in a few words: the mode's knob and its value."""
+    knob = summary.get("knob")
+    return f"{knob.replace('_', ' ')} {summary[knob]}" if knob else "one prompt per call"
+
+
+def mean_batch(summary: dict) -> str:
+    """The mean number of sequences one forward step carried, or a dash when nothing ran."""
+    return "-" if summary.get("mean_batch_size") is None else f"{summary['mean_batch_size']:.1f}"
 
 
 def format_summary(summary: dict) -> str:
     """The run's figures in a few aligned lines."""
     return "\n".join([
         f"mode: {summary['mode']}  model: {summary['model']} ({summary['dtype']})  "
-        f"processes: {summary['num_processes']} x {summary['device']}  {batching(summary)}",
-        f"prompts: {summary['prompts']}  prompt tokens: {summary['prompt_tokens']}  "
+        f"processes: {summary['num_processes']} x {summary['device']}  {batching(summary)}  "
+        f"mean batch: {mean_batch(summary)}",
+        f"prompts: {summary['prompts']}{reused(summary)}  prompt tokens: {summary['prompt_tokens']}  "
         f"generated tokens: {summary['generated_tokens']} ({summary['stopped_at_eos']} prompts stopped at EOS)  "
         f"padding: {summary['padding_ratio']:.2f} per real token",
         f"wall time: {summary['wall_s']:.2f} s  tokens/s: {summary['tokens_per_s']:.1f}",
     ])
+
+
+def reused(summary: dict) -> str:
+    """How many completions a resumed run took from its output file instead of generating them."""
+    return f" ({summary['reused']} reused from the output file)" if summary.get("reused") else ""
 
 
 def format_split(per_process: list[dict]) -> str:
@@ -60,13 +68,18 @@ def count_identical(these: list[Completion], those: list[Completion]) -> int:
 
 def format_records(records: list[dict]) -> str:
     """Benchmark records as an aligned table: one line per configuration."""
-    lines = [f"{'mode':<11}{'procs':>5}{'batching':>20}{'new':>5}{'tokens':>8}{'pad/real':>9}"
-             f"{'wall s':>9}{'tokens/s':>11}{'roofline':>10}"]
+    ratios = any(r.get("x_input_order") for r in records)
+    lines = [f"{'mode':<11}{'procs':>5}{'batching':>20}{'mean':>6}{'new':>5}{'tokens':>8}{'pad/real':>9}"
+             f"{'wall s':>9}{'tokens/s':>11}{'roofline':>10}"
+             + (f"{'x input order':>15}{'limit':>7}" if ratios else "")]
     for r in records:
         roof = "-" if r.get("roofline_fraction") is None else f"{r['roofline_fraction']:.0%}"
-        lines.append(f"{r['mode']:<11}{r['num_processes']:>5}{batching(r):>20}{r['max_new_tokens']:>5}"
-                     f"{r['generated_tokens']:>8}{r['padding_ratio']:>9.2f}"
-                     f"{r['wall_s']:>9.2f}{r['tokens_per_s']:>11.1f}{roof:>10}")
+        line = (f"{r['mode']:<11}{r['num_processes']:>5}{batching(r):>20}{mean_batch(r):>6}{r['max_new_tokens']:>5}"
+                f"{r['generated_tokens']:>8}{r['padding_ratio']:>9.2f}"
+                f"{r['wall_s']:>9.2f}{r['tokens_per_s']:>11.1f}{roof:>10}")
+        if ratios:
+            line += f"{r['x_input_order'] or 0:>14.2f}x{r['padding_free_limit'] or 0:>6.2f}x"
+        lines.append(line)
     return "\n".join(lines)
 
 

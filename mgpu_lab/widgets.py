@@ -10,9 +10,11 @@ from typing import Callable
 import ipywidgets as widgets
 from matplotlib.figure import Figure
 
-from .distributed import mode_names, run
+from . import defaults
+from .distributed import run
 from .launch import LaunchError, count_gpus
 from .models import presets
+from .modes import mode_names
 from .prompts import default_prompts, varied_prompts
 from .report import batching, format_completions, format_split, format_summary
 
@@ -82,8 +84,9 @@ def settings(model: str, prompts: list[str] | None, max_new_tokens: int, batch_s
     }
 
 
-def panel(model: str = "tiny", prompts: list[str] | None = None, max_new_tokens: int = 100,
-          batch_size: int = 16, num_processes: int = 2) -> widgets.VBox:
+def panel(model: str = defaults.MODEL, prompts: list[str] | None = None,
+          max_new_tokens: int = defaults.MAX_NEW_TOKENS, batch_size: int = defaults.BATCH_SIZE,
+          num_processes: int = 2) -> widgets.VBox:
     """The panel: settings, a Run button, a running indicator, and an output with the summary and chart."""
     fields = settings(model, prompts, max_new_tokens, batch_size, num_processes)
     button = widgets.Button(description="Run", button_style="primary")

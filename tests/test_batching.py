@@ -3,8 +3,10 @@
 import pytest
 
 from mgpu_lab.batching import balanced_split, budget_batches, fixed_batches, sorted_batches
+from mgpu_lab.budget import saturating_rows, token_budget_for
 from mgpu_lab.continuous import generate_continuous
-from mgpu_lab.distributed import mode_names, run
+from mgpu_lab.distributed import run
+from mgpu_lab.modes import mode_names
 from mgpu_lab.generate import generate_budget, generate_naive, generate_sorted, prompt_lengths
 from mgpu_lab.prompts import VARIED, build_varied, default_prompts, varied_prompts
 
@@ -85,7 +87,7 @@ def test_sorting_cuts_padding_waste(tiny, short_varied):
 
 def test_continuous_batching_matches_naive_on_the_bundled_model(tiny, short_varied, reference):
     model, tokenizer = tiny
-    out = generate_continuous(model, tokenizer, short_varied, 10)
+    out = generate_continuous(model, tokenizer, short_varied, 10, 2048)
     assert [c.index for c in out] == list(range(len(short_varied)))
     same = sum(a.token_ids == b.token_ids for a, b in zip(out, reference))
     assert same == len(short_varied)  # paged kernels could differ in the last bits; here they do not
@@ -116,3 +118,14 @@ def test_balanced_mode_splits_by_tokens():
 def test_default_prompts_keep_working_with_new_modes():
     result = run("budget", "tiny", default_prompts(repeat=1), num_processes=2, max_new_tokens=3, verbose=False)
     assert len(result.results) == 10
+
+
+def test_the_budget_rule_is_rows_of_a_median_prompt(tiny):
+    model, _ = tiny
+    assert token_budget_for(32, [10, 70, 200], 20) == 32 * (70 + 20)
+    assert saturating_rows(model) in [2**k for k in range(11)]
+
+
+def test_budget_modes_without_a_budget_record_the_one_the_rule_chose():
+    result = run("budget", "tiny", ["a short prompt"] * 4, num_processes=2, max_new_tokens=2, verbose=False)
+    assert result.summary["knob"] == "token_budget" and result.summary["token_budget"] >= 1

@@ -6,8 +6,10 @@ import sys
 
 import pytest
 
-from mgpu_lab.bench import Sweep, load_records, make_record, run_sweep, save_records, speedups
+from mgpu_lab.bench import (Sweep, against_input_order, load_records, make_record, run_sweep, save_records,
+                            speedups)
 from mgpu_lab.generate import generate_batched
+from mgpu_lab.modes import MODES
 from mgpu_lab.prompts import default_prompts
 from mgpu_lab.roofline import bandwidth_for, roofline_fraction, tokens_per_s_bound
 from mgpu_lab.scaling import calls_on_busiest_rank, compare_with_article, predict_wall
@@ -56,7 +58,8 @@ def test_speedups_are_relative_to_one_process(records):
 
 def test_roofline_fraction_in_records_when_bandwidth_is_given():
     measured = {"runs": [{"mode": "batched", "model": "m", "dtype": "bfloat16", "device": "cuda",
-                          "num_processes": 1, "batch_size": 16, "token_budget": None, "max_new_tokens": 100,
+                          "num_processes": 1, "knob": "batch_size", "batch_size": 16, "token_budget": None,
+                          "mean_batch_size": 16.0, "max_new_tokens": 100,
                           "prompts": 100, "prompt_tokens": 1, "generated_tokens": 10000, "padded_tokens": 0,
                           "padding_ratio": 0.0, "wall_s": 19.2, "tokens_per_s": 520.0}],
                 "device_name": "NVIDIA GeForce RTX 3090", "model_params": 6.74e9, "model_bytes": int(13.5e9)}
@@ -120,3 +123,42 @@ def test_two_nodes_on_loopback_match_one_process(tiny):
     assert outputs[1][0] == ""  # only global rank 0 prints
     assert record["summary"]["num_processes"] == 2
     assert [r["token_ids"] for r in record["results"]] == expected
+
+
+def test_every_mode_records_its_knob_and_mean_batch_size():
+    prompts = tuple(default_prompts(repeat=1)[:8])  # 4 per process: 2 batches of 2 each
+    sweep = Sweep(modes=tuple(MODES), num_processes=(2,), batch_sizes=(2,), max_new_tokens=(2,), prompts=prompts,
+                  repeats=1, token_budget=64)
+    records = {r["mode"]: r for r in run_sweep(sweep, progress=False)}
+    assert set(records) == set(MODES)
+    for name, r in records.items():
+        knob = MODES[name].knob
+        assert r["knob"] == knob
+        values = {"batch_size": 2, "token_budget": 64}
+        assert all(r[k] == (values[k] if k == knob else None) for k in values)
+        assert 1 <= r["mean_batch_size"] <= len(prompts)
+    assert records["naive"]["mean_batch_size"] == 1 and records["batched"]["mean_batch_size"] == 2
+    assert records["continuous"]["token_budget"] == 64  # it uses one, so it records it
+
+
+def test_roofline_uses_the_mean_batch_size():
+    run = {"mode": "budget", "model": "m", "dtype": "bfloat16", "device": "cuda", "num_processes": 2,
+           "knob": "token_budget", "batch_size": None, "token_budget": 4096, "mean_batch_size": 12.5,
+           "max_new_tokens": 100, "prompts": 100, "prompt_tokens": 1, "generated_tokens": 10000, "padded_tokens": 0,
+           "padding_ratio": 0.0, "wall_s": 10.0, "tokens_per_s": 1000.0}
+    record = make_record(Sweep(model="m"), {"runs": [run], "device_name": "NVIDIA GeForce RTX 3090",
+                                            "model_params": 6.74e9, "model_bytes": int(13.5e9)})
+    assert record["roofline_fraction"] == pytest.approx(1000 / (2 * 12.5 * 936e9 / 13.5e9), rel=1e-3)
+
+
+def test_ratios_against_input_order_carry_the_padding_free_limit():
+    rows = [{"mode": "batched", "num_processes": 2, "max_new_tokens": 20, "tokens_per_s": 100.0, "padding_ratio": 2.0},
+            {"mode": "budget", "num_processes": 2, "max_new_tokens": 20, "tokens_per_s": 250.0, "padding_ratio": 0.5}]
+    budget = against_input_order(rows)[1]
+    assert budget["x_input_order"] == 2.5 and budget["padding_free_limit"] == 2.0
+
+
+def test_a_sweep_compares_every_budget_mode_at_one_measured_budget():
+    sweep = Sweep(modes=("budget", "balanced", "continuous"), num_processes=(2,), max_new_tokens=(2,),
+                  prompts=tuple(default_prompts(repeat=1)[:4]), repeats=1)
+    assert len({r["token_budget"] for r in run_sweep(sweep, progress=False)}) == 1

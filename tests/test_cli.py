@@ -121,3 +121,13 @@ def test_an_unwritable_plot_after_the_sweep_is_one_line_and_keeps_the_records(mo
     out, err = capsys.readouterr()
     assert code == 1 and json.loads(out) == {"mode": "batched"}
     assert err == f"error: could not write {tmp_path / 's.png'} (No space left on device).\n"
+
+
+def test_cli_starts_without_the_jupyter_packages():
+    # a GPU box with a minimal stack: nbformat/nbclient/IPython missing must not stop `python -m mgpu_lab`
+    blocked = "import sys; [sys.modules.__setitem__(m, None) for m in ('nbformat', 'nbclient', 'IPython')]; "
+    done = subprocess.run([sys.executable, "-c", blocked + "from mgpu_lab.__main__ import main; "
+                           "sys.exit(main(['hello', '--num-processes', '1']))"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Hello from process 0 of 1" in done.stdout

@@ -13,7 +13,7 @@ from mgpu_lab.prompts import default_prompts
 def gathered_shares(count: int) -> list:
     """Each rank's share of `count` items, gathered: what split_for_rank hands out."""
     accelerator = Accelerator()
-    return gather_object([[i for i, _ in split_for_rank(list(range(count)), accelerator)]])
+    return gather_object([[i for i, _ in split_for_rank(list(enumerate(range(count))), accelerator)]])
 
 
 @pytest.mark.parametrize("count, processes", [(0, 2), (1, 2), (2, 3), (10, 4), (100, 3), (7, 1)])
@@ -28,9 +28,9 @@ def completion(index: int) -> Completion:
 
 
 def test_order_is_restored_and_checked():
-    assert [c.index for c in in_prompt_order([completion(2), completion(0), completion(1)], 3)] == [0, 1, 2]
+    assert [c.index for c in in_prompt_order([completion(2), completion(0), completion(1)], [0, 1, 2])] == [0, 1, 2]
     with pytest.raises(RuntimeError, match="missing or doubled"):
-        in_prompt_order([completion(0), completion(0), completion(2)], 3)
+        in_prompt_order([completion(0), completion(0), completion(2)], [0, 1, 2])
 
 
 PROMPTS = default_prompts(repeat=1) + ["A last, odd prompt."]  # 11: uneven over 2 and 3 processes

@@ -75,3 +75,12 @@ def test_bad_input_is_named(tiny, prompts, new_tokens, batch_size, message):
     model, tokenizer = tiny
     with pytest.raises(ValueError, match=message):
         generate_batched(model, tokenizer, prompts, new_tokens, batch_size)
+
+
+def test_padding_leaves_the_callers_tokenizer_as_it_was(tiny):
+    model, tokenizer = tiny
+    assert tokenizer.pad_token is None  # Llama tokenizers have none
+    batch = padded_batch(tokenizer, ["Hi", "A longer prompt"])
+    assert batch["input_ids"][0, 0] == tokenizer.eos_token_id  # padded with EOS, which the mask hides
+    generate_batched(model, tokenizer, PROMPTS[:3], 2)
+    assert tokenizer.pad_token is None

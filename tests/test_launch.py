@@ -1,9 +1,15 @@
 """The launcher: rank 0's result comes back, no state is left behind, and each mistake gets a clear error."""
 
+import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
+from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from accelerate.state import PartialState
@@ -117,3 +123,102 @@ def test_same_error_on_every_rank_names_the_lowest_rank():
         with pytest.raises(LaunchError) as caught:
             launch(fail_everywhere, num_processes=3, verbose=False)
         assert caught.value.message == "Process 0 raised NotImplementedError: not written yet"
+
+
+def leftover_children() -> list:
+    """Processes this test process started that are still alive (zombies count: nobody reaped them)."""
+    return psutil.Process().children(recursive=True)
+
+
+def killed_on_rank_one() -> None:
+    """Rank 1 dies by SIGKILL, as the out-of-memory killer ends a process; rank 0 waits for it in a gather."""
+    from accelerate import Accelerator
+    from accelerate.utils import gather_object
+
+    accelerator = Accelerator()
+    if accelerator.process_index == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    gather_object([accelerator.process_index])
+
+
+def test_a_killed_process_is_named_with_its_signal():
+    with pytest.raises(LaunchError) as caught:
+        launch(killed_on_rank_one, num_processes=2, verbose=False)
+    assert caught.value.message.startswith("process 1 was killed by SIGKILL - on Linux this is usually the "
+                                           "out-of-memory killer")
+    assert not leftover_children()
+
+
+def hangs_on_rank_one() -> None:
+    """Rank 1 never reaches the gather that rank 0 waits in, as a rank that skips a collective does."""
+    from accelerate import Accelerator
+    from accelerate.utils import gather_object
+
+    accelerator = Accelerator()
+    if accelerator.process_index == 1:
+        time.sleep(3600)
+    gather_object([accelerator.process_index])
+
+
+def test_a_hang_ends_after_the_timeout_naming_the_missing_process():
+    with pytest.raises(LaunchError) as caught:
+        launch(hangs_on_rank_one, num_processes=2, verbose=False, timeout=3)
+    assert caught.value.message.startswith("process(es) 1 did not arrive within the 3 s timeout")
+    assert not leftover_children()
+    assert launch(hello, num_processes=2, verbose=False)  # the next launch works
+
+
+def sleep_after_saying_ready(folder: str) -> None:
+    """Write a file saying this rank is running, then sleep until stopped."""
+    from accelerate import PartialState
+
+    (Path(folder) / f"ready{PartialState().process_index}").touch()
+    time.sleep(3600)
+
+
+def interrupt_when_ready(folder: Path, count: int) -> None:
+    """Send this process SIGINT (what Jupyter's interrupt button does) once `count` ranks said they run."""
+    while len(list(folder.glob("ready*"))) < count:
+        time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_an_interrupt_stops_every_process_and_the_next_launch_works(tmp_path):
+    threading.Thread(target=interrupt_when_ready, args=(tmp_path, 2), daemon=True).start()
+    with pytest.raises(KeyboardInterrupt, match="^interrupted: stopped 2 processes$"):
+        launch(sleep_after_saying_ready, str(tmp_path), num_processes=2, verbose=False)
+    assert not leftover_children()
+    assert len(launch(hello, num_processes=2, verbose=False)) == 2
+
+
+def test_ctrl_c_in_a_terminal_exits_130_with_one_line(tmp_path):
+    cli = subprocess.Popen([sys.executable, "-m", "mgpu_lab", "naive", "--max-new-tokens", "100", "--quiet"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    parent = psutil.Process(cli.pid)
+    while len(parent.children()) < 2:  # both ranks forked
+        time.sleep(0.1)
+    children = parent.children()
+    time.sleep(1)  # past the fork: the ranks now leave Ctrl-C to the parent
+    os.killpg(cli.pid, signal.SIGINT)  # a terminal sends Ctrl-C to the whole foreground group
+    out, err = cli.communicate(timeout=60)
+    assert cli.returncode == 130
+    assert err.strip().splitlines()[-1] == "interrupted: stopped 2 processes" and "Traceback" not in err
+    _, alive = psutil.wait_procs(children, timeout=5)
+    assert not alive
+
+
+def out_of_memory(*args, **kwargs):
+    raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_gpu_out_of_memory_names_the_batch_size_and_a_smaller_one(monkeypatch):
+    from transformers import LlamaForCausalLM
+
+    from mgpu_lab.distributed import run
+
+    monkeypatch.setattr(LlamaForCausalLM, "generate", out_of_memory)  # the forked processes inherit it
+    with pytest.raises(LaunchError) as caught:
+        run("batched", "tiny", ["a prompt"] * 8, num_processes=2, max_new_tokens=2, batch_size=4, verbose=False)
+    assert caught.value.message == ("Process 0 raised OutOfMemoryError: out of GPU memory on a batch of 4 prompt(s) "
+                                    "(batch size 4). Fix: try --batch-size 2 (batch_size=2 in run()).")
+    assert not leftover_children()
