@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from .batching import DEFAULT_TOKEN_BUDGET
-from . import doctor, gpu_check, train_tiny
+from . import doctor, gpu_check
+from .tiny import train as train_tiny
 from .bench import Sweep, run_sweep, save_records
 from .distributed import MODES, mode_names, run
 from .hello import hello
