@@ -8,8 +8,13 @@ import os
 import sys
 from pathlib import Path
 
-from .batching import DEFAULT_TOKEN_BUDGET
-from . import doctor, gpu_check
+from . import doctor
+
+if sys.argv[1:2] == ["doctor"]:  # the doctor runs before the imports below, which need torch: it must work without
+    sys.exit(doctor.main(sys.argv[2:]))
+
+from . import gpu_check  # noqa: E402 (the doctor above must not need these)
+from .batching import DEFAULT_TOKEN_BUDGET  # noqa: E402
 from .tiny import train as train_tiny
 from .bench import Sweep, run_sweep, save_records
 from .distributed import MODES, mode_names, run
