@@ -20,7 +20,7 @@ from .bench import Sweep, run_sweep, save_records
 from .distributed import MODES, mode_names, run
 from .hello import hello
 from .launch import LaunchError, already_launched, launch
-from .lessons import run_lessons
+from .lessons import copy_lessons, run_lessons
 from .plots import plot_scaling
 from .models import ModelNotFoundError, check_model, is_synthetic
 from .prompts import PromptFileError, default_prompts, load_prompts
@@ -74,6 +74,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_lessons(args: argparse.Namespace) -> int:
     """The main job: every lesson notebook, end to end, on the bundled model."""
     return run_lessons(Path(args.out))
+
+
+def cmd_notebooks(args: argparse.Namespace) -> int:
+    """Copy the lesson notebooks into a folder, for a workshop room or to work through them."""
+    copies = copy_lessons(Path(args.dir), solutions=args.solutions)
+    print(f"Copied {len(copies)} file(s) into {args.dir}/ ; open them with `jupyter lab {args.dir}`.")
+    return 0
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -178,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     lessons = commands.add_parser("lessons", help="run every lesson notebook end to end")
     lessons.add_argument("--out", default="results/lessons", help="where the executed notebooks go")
     lessons.set_defaults(handler=cmd_lessons)
+    notebooks = commands.add_parser("notebooks", help="copy the lesson notebooks into a folder (a workshop room)")
+    notebooks.add_argument("dir", help="the folder to copy them into (created if missing; must not hold them yet)")
+    notebooks.add_argument("--solutions", action="store_true", help="copy the exercises' solutions too")
+    notebooks.set_defaults(handler=cmd_notebooks)
     return parser
 
 
