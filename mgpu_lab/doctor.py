@@ -169,7 +169,8 @@ def check_model_loads(name: str = "tiny") -> Check:
 
 def checks(model: str, port: int) -> list[Callable[[], Check]]:
     """Every check, in the order the doctor runs them; the launch runs before any model is loaded here."""
-    return [check_python, *(partial(check_package, package) for package in dependencies()), check_cuda_not_initialised, check_gpus, partial(check_port, port), check_launch,
+    packages = [partial(check_package, package) for package in dependencies()]
+    return [check_python, *packages, check_cuda_not_initialised, check_gpus, partial(check_port, port), check_launch,
             partial(check_model_loads, model)]
 
 

@@ -20,7 +20,7 @@ def data_root(name: str) -> Path:
 
 
 def cache_dir() -> Path:
-    """Where built presets and the tiny model's corpus live: $MGPU_LAB_CACHE if set and not empty, else ~/.cache/mgpu_lab."""
+    """Where built presets and tiny's corpus live: $MGPU_LAB_CACHE if set and not empty, else ~/.cache/mgpu_lab."""
     return Path(os.environ.get("MGPU_LAB_CACHE") or Path.home() / ".cache" / "mgpu_lab")
 
 

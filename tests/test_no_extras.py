@@ -28,8 +28,8 @@ def run_without_extras(ci: bool) -> subprocess.CompletedProcess:
     """Run the word-list and browser tests in a child with both extras hidden; CI set or not."""
     env = {k: v for k, v in os.environ.items() if k != "CI"}
     env.update(MGPU_LAB_CHROMIUM=str(ROOT / "no-such-browser"), **({"CI": "true"} if ci else {}))
-    return subprocess.run([sys.executable, "-c", HIDE_THE_WORD_LIST + RUN_PYTEST, "-q", "-rs", "-p", "no:randomly", *TESTS],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    command = [sys.executable, "-c", HIDE_THE_WORD_LIST + RUN_PYTEST, "-q", "-rs", "-p", "no:randomly", *TESTS]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
 def test_the_hook_really_hides_the_word_list():

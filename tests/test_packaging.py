@@ -57,7 +57,8 @@ def test_wheel_runs_the_lessons_code_from_anywhere(source, tmp_path):
     shipped = (ROOT / "mgpu_lab" / "dependencies.txt").read_text().splitlines()
     assert [line for line in shipped if line and not line.startswith("#")] == \
         [r for r in eval(requires.stdout) if "extra ==" not in r]
-    assert "Hello from process 1 of 2" in run(python, "-m", "mgpu_lab", "hello", "--num-processes", "2", cwd=elsewhere).stdout
+    hello = run(python, "-m", "mgpu_lab", "hello", "--num-processes", "2", cwd=elsewhere).stdout
+    assert "Hello from process 1 of 2" in hello
     batched = run(python, "-m", "mgpu_lab", "batched", "--model", "tiny", "--max-new-tokens", "5", "--json",
                   cwd=elsewhere).stdout
     assert '"mode": "batched"' in batched and '"prompts": 100' in batched

@@ -1,1 +1,1 @@
-"""The bundled `tiny` model's builder: its corpus (`corpus`), its training run (`train`), its quality figures (`quality`)."""
+"""The builder of the bundled `tiny` model: its corpus (`corpus`), training (`train`), quality figures (`quality`)."""
