@@ -14,10 +14,10 @@ from pathlib import Path
 import nbformat
 from mgpu_lab.lessons import run_lesson
 
-path = Path(sys.argv[1])
-nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(6 * 7)")]), path)
-run_lesson(path, timeout=120)
-print(nbformat.read(path, as_version=4).cells[0].outputs[0].text.strip())
+path, out = Path(sys.argv[1]) / "one.ipynb", Path(sys.argv[1]) / "out"
+nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import os; print(os.getcwd())")]), path)
+run_lesson(path, out, timeout=120)
+print(nbformat.read(out / "one.ipynb", as_version=4).cells[0].outputs[0].text.strip())
 """
 
 
@@ -35,8 +35,8 @@ def test_copies_for_a_workshop_room_never_overwrite_work(tmp_path):
         copy_lessons(tmp_path)
 
 
-def test_a_kernel_run_prints_no_transport_warning(tmp_path):
-    done = subprocess.run([sys.executable, "-c", RUN_ONE, str(tmp_path / "one.ipynb")],
-                          capture_output=True, text=True, timeout=300)
+def test_a_lesson_runs_in_the_output_folder_and_prints_no_transport_warning(tmp_path):
+    done = subprocess.run([sys.executable, "-c", RUN_ONE, str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "42" and "without encryption" not in done.stderr and done.stderr == ""
+    assert done.stdout.strip() == str(tmp_path / "out")  # the kernel ran in the output folder
+    assert "without encryption" not in done.stderr and done.stderr == ""
