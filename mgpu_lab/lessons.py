@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 import time
@@ -56,6 +57,7 @@ def run_lessons(out_dir: Path, timeout: int = 600) -> int:
             print(f"ok    {path.name}  ({seconds:.0f} s)", flush=True)
         except Exception as error:  # a failing lesson is reported and the others still run
             failed += 1
-            print(f"FAIL  {path.name}: {str(error).strip().splitlines()[-1]}", flush=True)
+            last_line = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip().splitlines()[-1]  # without colour codes
+            print(f"FAIL  {path.name}: {last_line}", flush=True)
     print(f"Executed notebooks are in {out_dir}/ ; open them with `jupyter lab {out_dir}`.")
     return 1 if failed else 0
