@@ -8,6 +8,8 @@ import math
 import random
 from pathlib import Path
 
+from .paths import PROMPTS
+
 FIRST_LINES = [
     "The King is dead. Long live the Queen.",
     "Once there were four children whose names were Peter, Susan, Edmund, and Lucy.",
@@ -24,7 +26,7 @@ FIRST_LINES = [
 ]
 
 
-VARIED = Path(__file__).resolve().parent.parent / "assets" / "prompts" / "varied.txt"
+VARIED = PROMPTS / "varied.txt"
 
 
 class PromptFileError(ValueError):
