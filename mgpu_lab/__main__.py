@@ -7,15 +7,21 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
 
-from . import doctor, gpu_check, train_tiny
-from .bench import RECORDS, RECORDS_CSV, Sweep, against_input_order, run_sweep
-from .checks import cli_type, image_path, out_folder, positive_number, torchrun_env, whole_number
-from .distributed import DEFAULTS, run
-from .hello import hello
-from .launch import DEFAULT_TIMEOUT_S, LaunchError, launch
-from .modes import MODES, mode_names
+from . import doctor
+
+if sys.argv[1:2] == ["doctor"]:  # the doctor runs before the imports below, which need torch: it must work without
+    sys.exit(doctor.main(sys.argv[2:]))
+
+from . import gpu_check  # noqa: E402 (the doctor above must not need these)
+from .tiny import train as train_tiny  # noqa: E402
+from .bench import RECORDS, RECORDS_CSV, Sweep, against_input_order, run_sweep  # noqa: E402
+from .checks import (Parser, cli_type, image_path, out_folder, positive_number, torchrun_env,  # noqa: E402
+                     whole_number)
+from .distributed import DEFAULTS, run  # noqa: E402
+from .hello import hello  # noqa: E402
+from .launch import DEFAULT_TIMEOUT_S, LaunchError, launch  # noqa: E402
+from .modes import MODES, mode_names  # noqa: E402
 from .plots import plot_scaling
 from .models import ModelNotFoundError, check_model, is_synthetic
 from .prompts import PromptFileError, default_prompts, load_prompts
@@ -66,9 +72,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_lessons(args: argparse.Namespace) -> int:
     """The main job: every lesson notebook, end to end, on the bundled model."""
-    from .lessons import run_lessons  # needs nbformat/nbclient, which a minimal GPU box may lack
+    from .lessons import run_lessons  # needs jupyter's packages, which a minimal GPU box may lack
 
     return run_lessons(Path(args.out))
+
+
+def cmd_notebooks(args: argparse.Namespace) -> int:
+    """Copy the lesson notebooks into a folder, for a workshop room or to work through them."""
+    from .lessons import copy_lessons
+
+    copies = copy_lessons(Path(args.dir), solutions=args.solutions)
+    print(f"Copied {len(copies)} file(s) into {args.dir}/ ; open them with `jupyter lab {args.dir}`.")
+    return 0
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -189,15 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
     lessons = commands.add_parser("lessons", help="run every lesson notebook end to end")
     lessons.add_argument("--out", default="results/lessons", help="where the executed notebooks go")
     lessons.set_defaults(handler=cmd_lessons)
+    notebooks = commands.add_parser("notebooks", help="copy the lesson notebooks into a folder (a workshop room)")
+    notebooks.add_argument("dir", help="the folder to copy them into (created if missing; must not hold them yet)")
+    notebooks.add_argument("--solutions", action="store_true", help="copy the exercises' solutions too")
+    notebooks.set_defaults(handler=cmd_notebooks)
     return parser
-
-
-class Parser(argparse.ArgumentParser):
-    """An argument parser whose mistakes are one line on stderr (and exit code 2), not a usage block."""
-
-    def error(self, message: str) -> NoReturn:
-        """Print the mistake and where to find the options, then exit with code 2."""
-        self.exit(2, f"error: {self.prog}: {message}. See: {self.prog} --help\n")
 
 
 def main(argv: list[str] | None = None) -> int:

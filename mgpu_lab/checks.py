@@ -8,7 +8,7 @@ import numbers
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -115,16 +115,6 @@ def image_path(path: str | Path, name: str = "--plot") -> Path:
     return path
 
 
-def cache_folder(value: str | None, default: Path) -> Path:
-    """The folder named by $MGPU_LAB_CACHE (an empty value is a mistake, not the current folder), else `default`."""
-    if value is None:
-        return default
-    if not value.strip():
-        raise ValueError(f"MGPU_LAB_CACHE is set but empty. Fix: unset it (the default is {default}) "
-                         "or set it to a folder.")
-    return out_folder(Path(value).expanduser().absolute(), "MGPU_LAB_CACHE")
-
-
 def torchrun_env(num_processes: int | tuple[int, ...] | None, environ: dict | None = None) -> None:
     """Refuse torchrun variables that are partial, inconsistent, left over in a shell, or not the asked-for count."""
     environ = os.environ if environ is None else environ
@@ -177,3 +167,11 @@ def cli_type(check: Callable[[str, Any], Any], parse: Callable[[str], Any] = int
 
     convert.__name__ = check.__name__
     return convert
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose mistakes are one line on stderr (and exit code 2), not a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print the mistake and where to find the options, then exit with code 2."""
+        self.exit(2, f"error: {self.prog}: {message}. See: {self.prog} --help\n")

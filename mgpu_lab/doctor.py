@@ -9,27 +9,21 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
-from functools import partial
-from importlib import metadata
+from functools import partial, wraps
+from importlib import metadata, resources
 from typing import Callable
 
-import torch
-from packaging.version import Version
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 
-from .checks import cli_type, port as port_number
-from .hello import hello
-from .launch import LaunchError, count_gpus, launch, port_is_free
-from .models import ModelNotFoundError, check_model, load_model
+from .checks import Parser, cli_type, port as port_number
 
+# Nothing here imports torch, transformers, accelerate or the kit's engine at the top: on a machine where one of
+# them is missing or broken, the doctor still prints its checklist, and the checks that need them fail one by one.
 DEFAULT_PORT = 29500  # torchrun's and accelerate launch's default rendezvous port
-MIN_PYTHON = (3, 10)
-# models.py passes `dtype=` to from_pretrained, which transformers 4.56 added: checked, 4.56.0 loads the tiny
-# checkpoint (its `rope_parameters` fall back to the same default theta) and 4.46.3 fails. torch: requirements.txt's
-# floor; accelerate: the 1.x line, with the known-bad pair below checked on its own.
-MINIMUMS = {"torch": "2.6", "accelerate": "1.0", "transformers": "4.56"}
-# accelerate before 1.14 makes notebook_launcher touch CUDA in the parent with torch >= 2.9
-# (huggingface/accelerate#3925, fixed by #4059): forked GPU processes then fail.
-SAFE_ACCELERATE, CUDA_TOUCHING_TORCH = "1.14", "2.9"
+MIN_PYTHON = (3, 10)  # pyproject.toml's requires-python (a test keeps the two equal)
+TORCH_FIX = ("pip install torch --index-url https://download.pytorch.org/whl/cpu (Linux without a GPU); "
+             "pip install torch (Linux with an NVIDIA GPU, or macOS)")
 
 
 @dataclass(frozen=True)
@@ -55,6 +49,13 @@ def installed_version(package: str) -> str | None:
         return None
 
 
+def dependencies() -> dict[str, SpecifierSet]:
+    """Each runtime dependency and its allowed versions, from mgpu_lab/dependencies.txt (pyproject.toml's source)."""
+    lines = resources.files("mgpu_lab").joinpath("dependencies.txt").read_text(encoding="utf-8").splitlines()
+    requirements = [Requirement(line) for line in lines if line.strip() and not line.startswith("#")]
+    return {requirement.name: requirement.specifier for requirement in requirements}
+
+
 def check_python(version: tuple[int, ...] = tuple(sys.version_info[:3])) -> Check:
     """Python must be at least MIN_PYTHON."""
     text = ".".join(map(str, version))
@@ -66,32 +67,34 @@ def check_python(version: tuple[int, ...] = tuple(sys.version_info[:3])) -> Chec
 
 
 def check_package(package: str) -> Check:
-    """A package the kit imports is installed, at its minimum version or newer."""
-    found, minimum = installed_version(package), MINIMUMS[package]
-    fix = f"pip install -U '{package}>={minimum}'"
+    """A package the kit needs is installed, at its minimum version or newer."""
+    found, allowed = installed_version(package), dependencies()[package]
+    fix = TORCH_FIX if package == "torch" else f"pip install -U '{package}{allowed}'"
     if found is None:
         return Check(package, False, "is not installed.", fix)
-    if Version(found) < Version(minimum):
-        return Check(package, False, f"{found}: the kit needs {package} >= {minimum}.", fix)
+    if not allowed.contains(found, prereleases=True):
+        return Check(package, False, f"{found}: the kit needs {package} {allowed}.", fix)
     return Check(package, True, found)
 
 
-def check_accelerate_with_torch() -> Check:
-    """The known-bad pair: accelerate < 1.14 with torch >= 2.9 initialises CUDA in the parent before forking."""
-    accelerate, torch_version = installed_version("accelerate"), installed_version("torch")
-    if accelerate is None or torch_version is None:
-        return Check("accelerate", False, "with torch cannot be checked: one of them is not installed.",
-                     "install both (see the lines above).")
-    pair = f"{accelerate} with torch {torch_version}"
-    if Version(torch_version) >= Version(CUDA_TOUCHING_TORCH) and Version(accelerate) < Version(SAFE_ACCELERATE):
-        return Check("accelerate", False,
-                     f"{pair}: notebook_launcher initialises CUDA in the parent, so forked GPU processes fail.",
-                     f"pip install -U 'accelerate>={SAFE_ACCELERATE}'")
-    return Check("accelerate", True, f"{pair}: a known-good pair")
+def needs_imports(name: str) -> Callable[[Callable[..., Check]], Callable[..., Check]]:
+    """For a check that imports torch or the kit's engine: an import that fails is its FAIL line, not a traceback."""
+    def guard(check: Callable[..., Check]) -> Callable[..., Check]:
+        @wraps(check)
+        def guarded(*args, **kwargs) -> Check:
+            try:
+                return check(*args, **kwargs)
+            except ImportError as error:
+                return Check(name, False, f"cannot be checked: {error}.", "fix the package lines above first.")
+        return guarded
+    return guard
 
 
+@needs_imports("CUDA in this process")
 def check_cuda_not_initialised() -> Check:
     """CUDA must not be initialised yet in this process: forked children could not use the GPU."""
+    import torch
+
     if torch.cuda.is_initialized():
         return Check("CUDA in this process", False,
                      "is already initialised, so processes forked from here cannot use the GPU.",
@@ -99,8 +102,11 @@ def check_cuda_not_initialised() -> Check:
     return Check("CUDA in this process", True, "not initialised (safe to fork)")
 
 
+@needs_imports("GPUs")
 def check_gpus() -> Check:
     """How many GPUs the launcher will use, and their memory, found without initialising CUDA."""
+    from .launch import count_gpus
+
     gpus = count_gpus()
     if not gpus:
         return Check("GPUs", True, "none found: lessons run on CPU processes (gloo).")
@@ -116,16 +122,23 @@ def gpu_memory() -> str:
     return "; ".join(line.strip() for line in done.stdout.splitlines() if line.strip())
 
 
+@needs_imports("port")
 def check_port(port: int = DEFAULT_PORT) -> Check:
     """The rendezvous port that torchrun and accelerate launch use by default is free."""
+    from .launch import port_is_free
+
     if port_is_free(port):
         return Check(f"port {port}", True, "is free")
     return Check(f"port {port}", False, "is in use (another launch or notebook still running?).",
                  "stop that process (restart its kernel), or pass another port to the launch.")
 
 
+@needs_imports("2-process launch")
 def check_launch() -> Check:
     """A 2-process launch of lesson 1's hello() returns one message per process."""
+    from .hello import hello
+    from .launch import LaunchError, launch
+
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # hello() prints its messages; the doctor prints a line
             messages = launch(hello, num_processes=2, verbose=False)
@@ -138,8 +151,11 @@ def check_launch() -> Check:
     return Check("2-process launch", True, "returned 2 messages")
 
 
+@needs_imports("model")
 def check_model_loads(name: str = "tiny") -> Check:
     """The model is found and loads on CPU."""
+    from .models import ModelNotFoundError, check_model, load_model
+
     try:
         check_model(name)
         model, _tokenizer = load_model(name, "cpu")
@@ -155,8 +171,8 @@ def check_model_loads(name: str = "tiny") -> Check:
 
 def checks(model: str, port: int) -> list[Callable[[], Check]]:
     """Every check, in the order the doctor runs them; the launch runs before any model is loaded here."""
-    return [check_python, *(partial(check_package, package) for package in MINIMUMS), check_accelerate_with_torch,
-            check_cuda_not_initialised, check_gpus, partial(check_port, port), check_launch,
+    packages = [partial(check_package, package) for package in dependencies()]
+    return [check_python, *packages, check_cuda_not_initialised, check_gpus, partial(check_port, port), check_launch,
             partial(check_model_loads, model)]
 
 
@@ -165,6 +181,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="tiny", help="the model to try loading (default: tiny)")
     parser.add_argument("--port", type=cli_type(port_number), default=DEFAULT_PORT,
                         help=f"the port to check (default: {DEFAULT_PORT})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m mgpu_lab doctor [options]`, parsed here so that nothing heavy is imported first."""
+    parser = Parser(prog="python -m mgpu_lab doctor", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -135,9 +135,9 @@ def first_difference(a: list[int], b: list[int]) -> int | None:
 def agreement_prompts() -> list[str]:
     """The article's ten distinct first lines, then short prompts from the varied set (all fit tiny's context)."""
     from .prompts import default_prompts, load_prompts
-    from .models import ASSETS
+    from .paths import PROMPTS
 
-    varied, _ = load_prompts(ASSETS / "prompts" / "varied.txt")
+    varied, _ = load_prompts(PROMPTS / "varied.txt")
     return list(dict.fromkeys(default_prompts())) + [p for p in varied if len(p.split()) < 40][:30]
 
 

@@ -104,9 +104,13 @@ def check_parent_is_clean() -> None:
         )
 
 
-def plan_launch(num_processes: int | None = None, port: int | None = None) -> LaunchPlan:
-    """Choose device, process count, threads and port for a launch, checking each choice."""
-    gpus = count_gpus()
+def plan_launch(num_processes: int | None = None, port: int | None = None, cpu: bool = False) -> LaunchPlan:
+    """Choose device, process count, threads and port for a launch, checking each choice.
+
+    `cpu=True` runs CPU processes (gloo) even where GPUs exist: for cells about processes rather than GPUs,
+    which then show the same thing on every machine.
+    """
+    gpus = 0 if cpu else count_gpus()
     device = "cuda" if gpus else "cpu"
     if num_processes is None:
         num_processes = gpus or 2
@@ -115,7 +119,8 @@ def plan_launch(num_processes: int | None = None, port: int | None = None) -> La
     if gpus and num_processes > gpus:
         raise LaunchError(
             f"Asked for {num_processes} processes but this machine has {gpus} GPU(s); data parallelism "
-            f"runs one process per GPU. Fix: use num_processes <= {gpus}."
+            f"runs one process per GPU. Fix: use num_processes <= {gpus} (or leave it out: one per GPU), "
+            "or cpu=True for CPU processes."
         )
     if port is None:
         port = free_port()
@@ -130,18 +135,20 @@ def plan_launch(num_processes: int | None = None, port: int | None = None) -> La
 
 
 def launch(fn: Callable[..., Any], *args: Any, num_processes: int | None = None, port: int | None = None,
-           verbose: bool = True, progress: Progress | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> Any:
+           verbose: bool = True, progress: Progress | None = None, timeout: float = DEFAULT_TIMEOUT_S,
+           cpu: bool = False) -> Any:
     """Run `fn(*args)` on every process and return what rank 0's call returned.
 
     `progress` draws one bar over every process (they report through progress.tell); `timeout` is how many
-    seconds a process waits for a peer that does not arrive (to join, or in a collective) before the launch fails.
+    seconds a process waits for a peer that does not arrive (to join, or in a collective) before the launch fails;
+    `cpu=True` uses CPU processes even on a GPU machine.
     """
     if already_launched():
         return _run_in_this_process(fn, args, timeout)
     check_parent_is_clean()
     if timeout <= 0:
         raise LaunchError(f"timeout must be > 0 seconds, got {timeout}.")
-    plan = plan_launch(num_processes, port)
+    plan = plan_launch(num_processes, port, cpu)
     if verbose:
         print(plan.describe(), flush=True)  # flushed before the fork, so no child inherits it unprinted
     with launch_folder() as tmp:

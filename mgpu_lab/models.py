@@ -14,17 +14,17 @@ from pathlib import Path
 import torch
 import transformers
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_model
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from .checks import cache_folder
+from .checks import out_folder
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-TINY = ASSETS / "models" / "tiny"
-CONFIGS = ASSETS / "configs"
+from .paths import CONFIGS, TINY, cache_dir
+
 SHAPE_PREFIX = "shape:"
 SEED = 0
-DEFAULT_CACHE = Path.home() / ".cache" / "mgpu_lab"
+SMALL_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer.model.v3", "spiece.model", "vocab.json", "vocab.txt")
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
@@ -83,7 +83,7 @@ def check_model(name: str) -> None:
     if is_synthetic(name):
         _shape_config(name)
     elif name == "small":
-        cache_folder(os.environ.get("MGPU_LAB_CACHE"), DEFAULT_CACHE)
+        out_folder(cache_dir(), "the preset cache (MGPU_LAB_CACHE)")
     elif name != "tiny":
         check_checkpoint(Path(_checkpoint(name)))
 
@@ -195,30 +195,37 @@ def small_checkpoint() -> Path:
     config_text = (CONFIGS / "small.json").read_bytes() + (TINY / "tokenizer.json").read_bytes()
     key = hashlib.sha256(config_text).hexdigest()[:12]
     folder = cache_dir() / f"small-{key}"
-    if not (folder / "config.json").exists():
+    if not _is_complete(folder):
         folder.parent.mkdir(parents=True, exist_ok=True)
         with open(folder.parent / f".small-{key}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # processes that start together build it once, one after another
-            if not (folder / "config.json").exists():
+            if not _is_complete(folder):
                 _build_small(folder)
     return folder
 
 
-def cache_dir() -> Path:
-    """Where built presets live: $MGPU_LAB_CACHE, else ~/.cache/mgpu_lab."""
-    return Path(os.environ.get("MGPU_LAB_CACHE", DEFAULT_CACHE))
+def _is_complete(folder: Path) -> bool:
+    """True when `folder` holds every file of a loadable checkpoint (an interrupted or older build may not)."""
+    return all((folder / name).is_file() for name in SMALL_FILES)
 
 
 def _build_small(folder: Path) -> None:
-    """Write the small preset into `folder` through a staging folder, so no reader ever sees half of it."""
-    config = LlamaConfig.from_json_file(CONFIGS / "small.json")
-    model = _random_model(config, torch.device("cpu"), torch.float32)
+    """Write the small preset into `folder` through a staging folder, so no reader ever sees half of it.
+
+    Any process may be the one that builds it, so nothing here depends on the torch.distributed rank:
+    `save_pretrained` writes weights only on rank 0, so the weights go through safetensors directly.
+    """
+    model = _random_model(LlamaConfig.from_json_file(CONFIGS / "small.json"), torch.device("cpu"), torch.float32)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".building-"))
     staging.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would hide a shared cache from other users
-    model.save_pretrained(staging)
-    AutoTokenizer.from_pretrained(TINY).save_pretrained(staging)
-    shutil.copy(TINY / "tokenizer_config.json", staging / "tokenizer_config.json")
-    shutil.rmtree(folder, ignore_errors=True)  # what an interrupted build may have left
+    model.config.save_pretrained(staging)
+    model.generation_config.save_pretrained(staging)
+    save_model(model, str(staging / "model.safetensors"), metadata={"format": "pt"})
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(TINY / name, staging / name)
+    if not _is_complete(staging):
+        raise RuntimeError(f"Building the small preset in {staging} left out a file of {SMALL_FILES}.")
+    shutil.rmtree(folder, ignore_errors=True)  # what an interrupted or older build may have left
     staging.rename(folder)
 
 

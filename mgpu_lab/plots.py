@@ -52,18 +52,3 @@ def plot_modes(summaries_by_set: dict[str, list[dict]]) -> plt.Figure:
     figure.tight_layout()
     return figure
 
-
-def plot_modes(records: list[dict], title: str = "") -> plt.Figure:
-    """Tokens/s of each mode (and batch size) from one run, labelled with its fraction of the bandwidth bound."""
-    labels = [f"{r['mode']}\n{r['batch_size'] or r['token_budget'] or ''}".strip() for r in records]
-    figure, axis = plt.subplots(figsize=(7, 3.5))
-    bars = axis.bar(labels, [r["tokens_per_s"] for r in records], color="tab:blue")
-    for bar, record in zip(bars, records):
-        fraction = record.get("roofline_fraction")
-        if fraction is not None:
-            axis.annotate(f"{fraction:.0%} of bound", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                          ha="center", va="bottom", fontsize=8)
-    axis.set_ylabel("generated tokens/s")
-    axis.set_title(title or f"{records[0]['model']}, {records[0]['dtype']}, {records[0]['device_name']}")
-    figure.tight_layout()
-    return figure

@@ -11,6 +11,8 @@ import random
 import sys
 from pathlib import Path
 
+from .paths import PROMPTS
+
 FIRST_LINES = [
     "The King is dead. Long live the Queen.",
     "Once there were four children whose names were Peter, Susan, Edmund, and Lucy.",
@@ -27,7 +29,7 @@ FIRST_LINES = [
 ]
 
 
-VARIED = Path(__file__).resolve().parent.parent / "assets" / "prompts" / "varied.txt"
+VARIED = PROMPTS / "varied.txt"
 
 
 TEXT_SUFFIXES = ("", ".txt", ".text", ".prompts")

@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from .models import ASSETS
+from .paths import ASSETS
 
 ARTICLE = ASSETS / "article_results.json"
 

@@ -1,7 +1,8 @@
 """A real browser: JupyterLab runs lesson 1 and the widget panel end to end, and each leaves a screenshot in assets/.
 
 Needs Debian's `chromium` and `pip install playwright` (never `playwright install`). Without them the tests skip
-on a laptop, and fail when the CI environment variable is set.
+on a laptop, and fail when the CI environment variable is set. MGPU_LAB_CHROMIUM names another browser binary
+(tests/test_no_extras.py points it at a missing path to run this file as a machine without a browser).
 """
 
 import json
@@ -29,8 +30,11 @@ SECONDS = 30
 
 
 def chromium() -> str | None:
-    """Debian's chromium binary (the real one skips the wrapper script's noise), or None."""
-    real = Path("/usr/lib/chromium/chromium")
+    """$MGPU_LAB_CHROMIUM if set (a missing path hides the browser), else Debian's chromium binary, or None."""
+    chosen = os.environ.get("MGPU_LAB_CHROMIUM")
+    if chosen is not None:
+        return chosen if Path(chosen).is_file() else None
+    real = Path("/usr/lib/chromium/chromium")  # the real binary skips the wrapper script's noise
     return str(real) if real.exists() else shutil.which("chromium")
 
 

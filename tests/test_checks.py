@@ -132,14 +132,6 @@ def test_image_path_needs_a_known_format_and_a_writable_folder(tmp_path):
             checks.image_path(bad)
 
 
-def test_cache_folder(tmp_path):
-    default = tmp_path / "default"
-    assert checks.cache_folder(None, default) == default
-    assert checks.cache_folder(str(tmp_path / "c"), default) == tmp_path / "c"
-    with pytest.raises(ValueError, match="MGPU_LAB_CACHE is set but empty"):
-        checks.cache_folder("", default)
-
-
 def test_folders_of_dead_launches_are_removed(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)

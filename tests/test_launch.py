@@ -65,9 +65,17 @@ def test_accelerator_made_in_parent_is_refused(monkeypatch):
 
 def test_more_processes_than_gpus_is_refused(monkeypatch):
     monkeypatch.setattr(launch_module, "count_gpus", lambda: 2)
-    with pytest.raises(LaunchError, match="has 2 GPU"):
+    with pytest.raises(LaunchError, match="has 2 GPU.*or cpu=True"):
         plan_launch(4)
     assert plan_launch(None).num_processes == 2
+
+
+def test_cpu_processes_on_a_gpu_machine_when_asked(monkeypatch):
+    monkeypatch.setattr(launch_module, "count_gpus", lambda: 1)
+    assert plan_launch(None).device == "cuda"
+    plan = plan_launch(3, cpu=True)
+    assert (plan.device, plan.num_processes) == ("cpu", 3)
+    assert "3 CPU process(es)" in plan.describe()
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True])

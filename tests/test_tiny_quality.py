@@ -2,7 +2,7 @@
 
 import pytest
 
-from mgpu_lab.quality import distinct_ngrams, is_real_word, dictionary, measure_model, real_word_share
+from mgpu_lab.tiny.quality import distinct_ngrams, is_real_word, dictionary, measure_model, real_word_share
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import json
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mgpu_lab import train_tiny
-from mgpu_lab.corpus import make_documents
+from mgpu_lab.tiny import train as train_tiny
+from mgpu_lab.tiny.corpus import make_documents
 
 PARAGRAPHS = [
     f"Miss Bennet walked to the village on day {i}. The weather was fine and the lane was dry. "

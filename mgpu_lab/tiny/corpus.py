@@ -9,7 +9,6 @@ committed and nothing comes from a model hub. The extracted paragraphs are cache
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
@@ -17,6 +16,8 @@ import subprocess
 import tempfile
 import zlib
 from pathlib import Path
+
+from ..paths import cache_dir
 
 CORPUS_NAME = "Jane Austen's six novels (janeaustenr via Debian r-cran-janeaustenr)"
 CORPUS_LICENCE = "novels: public domain; janeaustenr packaging: MIT"
@@ -26,11 +27,6 @@ DATA_DIR = "usr/lib/R/site-library/janeaustenr/data"
 _HEADING = re.compile(r"^(chapter|volume|vol\.|book|by|the end|finis)\b", re.IGNORECASE)
 _ABBREV = re.compile(r"\b(Mr|Mrs|Ms|Dr|St|Col|Capt|Gen|Sir|Rev|Esq|Messrs)\.$")
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"'_)]*\s+(?=[\"'_(]*[A-Z])")
-
-
-def cache_dir() -> Path:
-    """Folder for the extracted corpus ($MGPU_LAB_CACHE, else ~/.cache/mgpu_lab)."""
-    return Path(os.environ.get("MGPU_LAB_CACHE", Path.home() / ".cache" / "mgpu_lab"))
 
 
 def _run(cmd: list[str], cwd: Path) -> None:

@@ -1,6 +1,7 @@
 """Four quick figures that tell a model writing English from one writing noise or looping.
 
-- `real_words`: share of generated words found in a dictionary (Debian's `wamerican` list);
+- `real_words`: share of generated words found in a dictionary (SCOWL's American list, as Debian's `wamerican`,
+  shipped with the kit in assets/words/);
 - `stopped_at_eos`: share of completions that ended with EOS before the token limit;
 - `under_5_tokens`: share of completions that are empty or shorter than 5 tokens;
 - `distinct_3grams`: distinct word 3-grams over all word 3-grams of the distinct completions.
@@ -12,13 +13,15 @@ measures loops and stock phrases, not how often the prompt list repeats itself.
 
 from __future__ import annotations
 
+import gzip
 import re
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Protocol
 
-WORD_LIST = Path("/usr/share/dict/american-english")
+from ..paths import WORD_LIST
+
 _WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)*")
 
 
@@ -47,10 +50,8 @@ class Quality:
 
 @lru_cache(maxsize=1)
 def dictionary(path: Path = WORD_LIST) -> frozenset[str]:
-    """The lower-cased word list; a clear error naming the fix when it is missing."""
-    if not path.exists():
-        raise RuntimeError(f"{path} not found: install Debian's word list with `apt-get install -y wamerican`.")
-    return frozenset(line.strip().lower() for line in path.read_text(encoding="utf-8").splitlines())
+    """The lower-cased word list the kit ships (a gzipped file, one word a line)."""
+    return frozenset(line.strip().lower() for line in gzip.decompress(path.read_bytes()).decode("utf-8").splitlines())
 
 
 def words(text: str) -> list[str]:
@@ -91,9 +92,9 @@ def quality(completions: list[CompletionLike]) -> Quality:
 
 def measure_model(name_or_path: str = "tiny", max_new_tokens: int = 100, batch_size: int = 16) -> Quality:
     """The four figures for a model on the 100 default prompts: greedy, batched, left-padded, on CPU."""
-    from mgpu_lab.generate import generate_batched
-    from mgpu_lab.models import load_model
-    from mgpu_lab.prompts import default_prompts
+    from ..generate import generate_batched
+    from ..models import load_model
+    from ..prompts import default_prompts
 
     model, tokenizer = load_model(name_or_path, device="cpu")
     return quality(generate_batched(model, tokenizer, default_prompts(), max_new_tokens, batch_size=batch_size))

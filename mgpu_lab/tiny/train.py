@@ -1,8 +1,9 @@
 """Train the bundled `tiny` model from scratch on CPU: a byte-level BPE tokenizer and a small Llama.
 
 `python -m mgpu_lab train-tiny --out assets/models/tiny` rebuilds the committed folder in about ten
-minutes on two CPU cores. The run is seeded and its learning rate follows the step count, so a rerun
-on the same CPU gives the same weights; another CPU type gives slightly different ones.
+minutes on two CPU cores (it uses torch's default threads: one per core). The run is seeded and its
+learning rate follows the step count, so a rerun on the same CPU gives the same weights; another CPU
+type or core count gives slightly different ones.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from mgpu_lab import corpus
+from . import corpus
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 
@@ -206,7 +207,7 @@ ends with `</s>` and has no pad token). It writes Austen-flavoured English and l
 - **Corpus**: {log['corpus']} ({log['documents']} documents of two or more sentences and at least 30-70 words,
   each `<s> text </s>`;
   {log['heldout_documents']} held out). Licence: {log['licence']}. Gathered at training time by
-  `mgpu_lab/corpus.py` from Debian's `r-cran-janeaustenr` package.
+  `mgpu_lab/tiny/corpus.py` from Debian's `r-cran-janeaustenr` package.
 - **Tokenizer**: byte-level BPE, {log['vocab_size']} tokens, trained on the same text.
 - **Model**: Llama, hidden {c['hidden_size']}, {c['num_hidden_layers']} layers, {c['num_attention_heads']} heads,
   MLP {c['intermediate_size']}, context {c['context']}, tied embeddings, {log['parameters']:,} parameters,
@@ -224,8 +225,9 @@ ends with `</s>` and has no pad token). It writes Austen-flavoured English and l
 |---|---|
 {rows}
 
-`real_words`: share of generated words found in Debian's `wamerican` list; `stopped_at_eos`: share of
-completions that ended with `</s>`; `under_5_tokens`: share with fewer than 5 generated tokens;
+`real_words`: share of generated words found in SCOWL's American word list (Debian's `wamerican`,
+shipped in `assets/words/`); `stopped_at_eos`: share of completions that ended with `</s>`;
+`under_5_tokens`: share with fewer than 5 generated tokens;
 `distinct_3grams`: distinct word 3-grams over all 3-grams of the distinct completions.
 
 ## Rebuild
@@ -253,7 +255,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, documents: list[str] | None = None) -> int:
     """Train tiny as `args` say and write the folder, log, loss curve and model card; return 0."""
-    torch.set_num_threads(2)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     cfg = TinyConfig(steps=args.steps, seed=args.seed, eval_every=min(TinyConfig.eval_every, args.steps))
     start = time.perf_counter()
@@ -288,6 +289,6 @@ def run(args: argparse.Namespace, documents: list[str] | None = None) -> int:
 
 def _measure(folder: Path) -> dict:
     """The four quality figures of the saved folder on the default prompts."""
-    from mgpu_lab.quality import measure_model
+    from .quality import measure_model
 
     return measure_model(str(folder)).as_dict()

@@ -1,0 +1,1 @@
+"""The builder of the bundled `tiny` model: its corpus (`corpus`), training (`train`), quality figures (`quality`)."""
