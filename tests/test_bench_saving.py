@@ -10,7 +10,7 @@ import pytest
 from mgpu_lab import bench
 from mgpu_lab.bench import Sweep, load_records, run_sweep, save_records
 
-RECORD = {"mode": "batched", "num_processes": 2, "tokens_per_s": 123.4, "text": "x" * 200}
+RECORD = {"mode": "batched", "num_processes": 2, "token_budget": None, "tokens_per_s": 123.4, "text": "x" * 200}
 
 
 def test_each_record_is_on_disk_before_the_next_point_runs(tmp_path, monkeypatch):

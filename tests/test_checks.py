@@ -51,6 +51,25 @@ def test_numbers_must_be_whole_numbers(no_launch, name, value, error, message):
         run("batched", "tiny", ["Hello"], **{name: value})
 
 
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"timeout": 0}, ValueError, "timeout must be a finite number above 0, got 0"),
+    ({"timeout": math.nan}, ValueError, "timeout must be a finite number above 0, got nan"),
+    ({"timeout": "60"}, TypeError, "timeout must be a number, got the str '60'"),
+    ({"output": 5}, TypeError, "output must be a file path"),
+    ({"output": ""}, ValueError, "output is an empty file name"),
+    ({"output": "."}, ValueError, "output . is a folder"),
+    ({"output": "/proc/mgpu_lab/out.jsonl"}, ValueError, "the folder of output /proc/mgpu_lab is not a writable"),
+])
+def test_timeout_and_output_are_checked_before_the_launch(no_launch, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        run("batched", "tiny", ["Hello"], **kwargs)
+
+
+def test_no_token_budget_means_measured_and_passes_the_checks(no_launch, tmp_path):
+    with pytest.raises(AssertionError, match="a process was launched"):  # every check passed
+        run("budget", "tiny", ["Hello"], token_budget=None, timeout=1.5, output=str(tmp_path / "new" / "o.jsonl"))
+
+
 @pytest.mark.parametrize("value, error", [(-5, ValueError), (0, ValueError), (math.nan, ValueError),
                                           (math.inf, ValueError), ("900", TypeError), (True, TypeError)])
 def test_bandwidth_must_be_finite_and_positive(no_launch, value, error):

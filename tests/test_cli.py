@@ -116,11 +116,12 @@ def test_an_unwritable_plot_after_the_sweep_is_one_line_and_keeps_the_records(mo
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device", str(tmp_path / "s.png"))
 
-    monkeypatch.setattr(cli_main, "run_sweep", lambda sweep, progress, out_dir: [{"mode": "batched"}])
+    record = {"mode": "batched", "num_processes": 1, "max_new_tokens": 5, "tokens_per_s": 10.0, "padding_ratio": 0.5}
+    monkeypatch.setattr(cli_main, "run_sweep", lambda sweep, progress, out_dir: [record])
     monkeypatch.setattr(cli_main, "plot_scaling", lambda records, mode: type("F", (), {"savefig": full_disk})())
     code = cli_main.main(["bench", "--out", str(tmp_path), "--plot", str(tmp_path / "s.png"), "--json"])
     out, err = capsys.readouterr()
-    assert code == 1 and json.loads(out) == {"mode": "batched"}
+    assert code == 1 and json.loads(out) == {**record, "x_input_order": 1.0, "padding_free_limit": 1.0}
     assert err == f"error: could not write {tmp_path / 's.png'} (No space left on device).\n"
 
 
