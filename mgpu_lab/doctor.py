@@ -133,22 +133,23 @@ def check_port(port: int = DEFAULT_PORT) -> Check:
                  "stop that process (restart its kernel), or pass another port to the launch.")
 
 
-@needs_imports("2-process launch")
+@needs_imports("launch")
 def check_launch() -> Check:
-    """A 2-process launch of lesson 1's hello() returns one message per process."""
+    """A launch of lesson 1's hello() as lessons make it (one process per GPU, else 2 CPU ones) hears from each."""
     from .hello import hello
-    from .launch import LaunchError, launch
+    from .launch import LaunchError, launch, plan_launch
 
     try:
+        expected = plan_launch().num_processes
         with contextlib.redirect_stdout(io.StringIO()):  # hello() prints its messages; the doctor prints a line
-            messages = launch(hello, num_processes=2, verbose=False)
+            messages = launch(hello, verbose=False)
     except LaunchError as error:
-        return Check("2-process launch", False, f"failed: {error.message}",
+        return Check("launch", False, f"failed: {error.message}",
                      "fix the FAIL lines above first; if all pass, run `python -m mgpu_lab hello` to see the error.")
-    if len(messages) != 2:
-        return Check("2-process launch", False, f"returned {len(messages)} message(s) instead of 2.",
+    if len(messages) != expected:
+        return Check("launch", False, f"of {expected} process(es) returned {len(messages)} message(s).",
                      "run `python -m mgpu_lab hello` and report its output.")
-    return Check("2-process launch", True, "returned 2 messages")
+    return Check("launch", True, f"of {expected} process(es) returned {expected} messages")
 
 
 @needs_imports("model")

@@ -25,7 +25,7 @@ def test_every_check_passes_here(capsys):
     assert doctor.run(parser.parse_args(["--port", str(free_port())])) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("PASS python 3.")
-    assert "PASS 2-process launch returned 2 messages" in lines
+    assert "PASS launch of 2 process(es) returned 2 messages" in lines
     assert any(line.startswith("PASS model tiny loads on CPU") for line in lines)
     assert lines[-1] == "All checks passed." and not any(line.startswith("FAIL") for line in lines)
 
@@ -88,7 +88,7 @@ def test_doctor_without_torch_prints_its_checklist():
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert "FAIL torch is not installed. Fix: pip install torch --index-url https://download.pytorch.org/whl/cpu" \
         in done.stdout
-    assert "FAIL 2-process launch cannot be checked: No module named 'torch'. Fix: fix the package lines above first." \
+    assert "FAIL launch cannot be checked: No module named 'torch'. Fix: fix the package lines above first." \
         in lines
     assert lines[0].startswith("PASS python") and lines[-1].endswith("fix the FAIL lines above.")
 
@@ -131,5 +131,5 @@ def test_command_line_reports_a_missing_model():
     done = subprocess.run([sys.executable, "-m", "mgpu_lab", "doctor", "--model", "no/such/model",
                            "--port", str(free_port())], capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and "FAIL model no/such/model" in done.stdout
-    assert "PASS 2-process launch" in done.stdout and "Traceback" not in done.stderr
+    assert "PASS launch of 2 process(es)" in done.stdout and "Traceback" not in done.stderr
 
