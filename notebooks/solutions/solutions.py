@@ -4,6 +4,9 @@ import math
 
 from accelerate import Accelerator
 from accelerate.utils import gather_object
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from mgpu_lab.models import pick_dtype
 
 
 def squares() -> list[int]:
@@ -12,16 +15,32 @@ def squares() -> list[int]:
     return gather_object([accelerator.process_index ** 2])
 
 
-def restore(shares: list[list[int]], count: int) -> list[int]:
-    """Lesson 2: drop the padding duplicates by index, not by slicing, and put the indices in order."""
-    return sorted({index for share in shares for index in share})[:count]
+def restore(shares: list[list[tuple[int, str]]], count: int) -> list[tuple[int, str]]:
+    """Lesson 2: keep one pair per index (a dict drops the padding duplicates), then put the indices in order."""
+    by_index = {index: prompt for share in shares for index, prompt in share}
+    return sorted(by_index.items())
 
 
-def tokenize_batch(tokenizer, prompts: list[str]):
-    """Lesson 3: keep BOS, pad on the left with EOS as the pad token, return tensors with the attention mask."""
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
+def batched_on_each_process(folder, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[tuple]:
+    """Lesson 3: the article's batched program, right: pad token, left padding, BOS kept, prompt cut, sorted."""
+    accelerator = Accelerator()
+    model = AutoModelForCausalLM.from_pretrained(folder, device_map={"": accelerator.device},
+                                                 dtype=pick_dtype(accelerator.device))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.pad_token = tokenizer.eos_token
+    results = []
+    with accelerator.split_between_processes(list(enumerate(prompts))) as share:
+        for start in range(0, len(share), batch_size):
+            chunk = share[start:start + batch_size]
+            batch = tokenizer([prompt for _, prompt in chunk], return_tensors="pt", padding=True,
+                              padding_side="left").to(accelerator.device)
+            output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                    pad_token_id=tokenizer.pad_token_id)
+            for (index, _), new in zip(chunk, output[:, batch["input_ids"].shape[1]:].tolist()):
+                if tokenizer.eos_token_id in new:
+                    new = new[:new.index(tokenizer.eos_token_id) + 1]
+                results.append((index, tokenizer.decode(new, skip_special_tokens=True), len(new)))
+    return sorted(gather_object(results))
 
 
 def calls(prompts: int, processes: int, batch_size: int) -> int:
