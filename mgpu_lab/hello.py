@@ -13,7 +13,7 @@ def hello() -> list[str]:
     message = [f"Hello from process {accelerator.process_index} of {accelerator.num_processes} "
                f"(device: {accelerator.device.type})"]
     messages = gather_object(message)  # a list in, one list of every process's items out
-    accelerator.print(f"Gathered {len(messages)} messages on the main process:")
+    accelerator.print(f"Gathered {len(messages)} message{'s' if len(messages) > 1 else ''} on the main process:")
     for line in messages:
         accelerator.print(" ", line)
     return messages
@@ -30,11 +30,15 @@ def what_each_process_sees() -> list[dict]:
 
 
 def gather_without_a_list() -> dict:
-    """Run on every process: what gather_object does with a bare string and a bare int instead of a list."""
+    """Run on every process: what gather_object does with a bare string, int and dict, and with a dict in a list."""
     accelerator = Accelerator()
-    text = gather_object(f"rank{accelerator.process_index}")  # a string is a sequence: its characters arrive
+    rank = accelerator.process_index
+    text = gather_object(f"rank{rank}")  # a string is a sequence: its characters arrive
     try:
-        number = gather_object(accelerator.process_index)
+        number = gather_object(rank)
     except TypeError as error:
         number = f"{type(error).__name__}: {error}"
-    return {"gather_object(a string)": text, "gather_object(an int)": number}
+    results = {"outputs": [f"text from {rank}"], "num_tokens": 10 + rank}  # the article's per-process results
+    return {"gather_object(a string)": text, "gather_object(an int)": number,
+            "gather_object(a dict)": gather_object(results),  # a dict iterates as its keys
+            "gather_object([a dict])": gather_object([results])}

@@ -8,20 +8,20 @@ from .scaling import article_results, predict_wall
 
 
 def plot_scaling(records: list[dict], mode: str = "batched", title: str = "") -> plt.Figure:
-    """Speed-up vs processes: this machine, the article's GPUs, and the scaling model for both."""
+    """Speed-up and tokens/s vs processes, one line per batch size: this machine, the article's GPUs, the model."""
     article = article_results()
     table = article[mode]
-    batch = table.get("batch_size", 1)
-    mine = sorted((r for r in records if r["mode"] == mode), key=lambda r: r["num_processes"])
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    _speedup_panel(left, table["num_processes"], table["wall_s"], article["prompts"], batch,
+    _speedup_panel(left, table["num_processes"], table["wall_s"], article["prompts"], table.get("batch_size", 1),
                    f"article: {article['gpu']}, {article['model']}")
-    if mine:
+    for batch, mine in by_batch_size(r for r in records if r["mode"] == mode).items():
         counts, walls = [r["num_processes"] for r in mine], [r["wall_s"] for r in mine]
-        _speedup_panel(left, counts, walls, mine[0]["prompts"], mine[0]["batch_size"] or 1,
-                       "this machine")
-        right.bar([str(n) for n in counts], [r["tokens_per_s"] for r in mine], color="tab:orange")
+        _speedup_panel(left, counts, walls, mine[0]["prompts"], batch, f"this machine, batch {batch}")
+        right.plot(counts, [r["tokens_per_s"] for r in mine], "o-", label=f"batch {batch}")
     right.set(xlabel="processes", ylabel="tokens/s", title="this machine, measured")
+    if right.lines:
+        right.set_xticks(sorted({n for line in right.lines for n in line.get_xdata()}))
+        right.legend(fontsize=8)
     left.plot([1, max(table["num_processes"])], [1, max(table["num_processes"])], ":", color="gray", label="ideal")
     left.set_xticks(range(1, max(table["num_processes"]) + 1))
     left.set(xlabel="processes (GPUs)", ylabel="speed-up over 1 process", title=f"{mode}: speed-up")
@@ -29,6 +29,14 @@ def plot_scaling(records: list[dict], mode: str = "batched", title: str = "") ->
     figure.suptitle(title or f"Data-parallel scaling, {mode} mode")
     figure.tight_layout()
     return figure
+
+
+def by_batch_size(records) -> dict[int, list[dict]]:
+    """Records grouped by batch size (1 for naive), each group sorted by process count."""
+    groups: dict[int, list[dict]] = {}
+    for record in sorted(records, key=lambda r: r["num_processes"]):
+        groups.setdefault(record["batch_size"] or 1, []).append(record)
+    return dict(sorted(groups.items()))
 
 
 def _speedup_panel(axis, counts: list[int], walls: list[float], prompts: int, batch: int, label: str) -> None:
