@@ -16,8 +16,8 @@ def plot_scaling(records: list[dict], mode: str = "batched", title: str = "") ->
                    f"article: {article['gpu']}, {article['model']}")
     for batch, mine in by_batch_size(r for r in records if r["mode"] == mode).items():
         counts, walls = [r["num_processes"] for r in mine], [r["wall_s"] for r in mine]
-        _speedup_panel(left, counts, walls, mine[0]["prompts"], batch, f"this machine, batch {batch}")
-        right.plot(counts, [r["tokens_per_s"] for r in mine], "o-", label=f"batch {batch}")
+        color = _speedup_panel(left, counts, walls, mine[0]["prompts"], batch, f"this machine, batch {batch}")
+        right.plot(counts, [r["tokens_per_s"] for r in mine], "o-", color=color, label=f"batch {batch}")
     right.set(xlabel="processes", ylabel="tokens/s", title="this machine, measured")
     if right.lines:
         right.set_xticks(sorted({n for line in right.lines for n in line.get_xdata()}))
@@ -39,12 +39,13 @@ def by_batch_size(records) -> dict[int, list[dict]]:
     return dict(sorted(groups.items()))
 
 
-def _speedup_panel(axis, counts: list[int], walls: list[float], prompts: int, batch: int, label: str) -> None:
-    """Measured speed-up as dots and the batch-count model's prediction as a dashed staircase."""
+def _speedup_panel(axis, counts: list[int], walls: list[float], prompts: int, batch: int, label: str) -> str:
+    """Measured speed-up as dots and the batch-count model's prediction as a dashed staircase; returns their colour."""
     predicted = predict_wall(walls[0], prompts, counts, batch)
     line, = axis.plot(counts, [walls[0] / w for w in walls], "o-", label=f"{label}, measured")
     axis.plot(counts, [walls[0] / p for p in predicted], "--", color=line.get_color(),
               label=f"{label}, batch-count model")
+    return line.get_color()
 
 
 def plot_modes(summaries_by_set: dict[str, list[dict]]) -> plt.Figure:

@@ -24,3 +24,4 @@ def test_one_line_per_batch_size():
         "this machine, batch 8, measured", "this machine, batch 8, batch-count model",
         "this machine, batch 16, measured", "this machine, batch 16, batch-count model"]
     assert list(measured[0].get_ydata()) == [1.0, 4.0 / 2.5]
+    assert [line.get_color() for line in right.lines] == [measured[0].get_color(), measured[2].get_color()]
