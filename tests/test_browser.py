@@ -1,4 +1,7 @@
-"""A real browser: JupyterLab runs lesson 1 and the widget panel end to end, and each leaves a screenshot in assets/.
+"""A real browser: JupyterLab runs every lesson notebook (Run All) and the widget panel end to end.
+
+Each lesson must run to its last cell with no error output, and no stderr outside the one cell marked
+`# NBVAL_IGNORE_OUTPUT`. Lesson 1 and the panel leave a screenshot (in assets/ with UPDATE_SCREENSHOTS=1).
 
 Needs Debian's `chromium` and `pip install playwright` (never `playwright install`). Without them the tests skip
 on a laptop, and fail when the CI environment variable is set. MGPU_LAB_CHROMIUM names another browser binary
@@ -20,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from mgpu_lab.launch import free_port
+from mgpu_lab.lessons import lesson_notebooks
 
 ROOT = Path(__file__).resolve().parent.parent
 # Screenshots refresh the README's pictures only on request, so a test run leaves the work tree clean.
@@ -27,6 +31,14 @@ ASSETS = ROOT / "assets" if os.environ.get("UPDATE_SCREENSHOTS") else Path(tempf
 KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
 PANEL_PROMPTS = ["It was a bright cold day in April,", "The King is dead.", "Call me", "Once upon a time"]
 SECONDS = 30
+LESSON_SECONDS = 600  # a whole lesson, on a busy 2-core machine
+# Every code cell has run, or none is running and some never ran (Run All stops at an error).
+FINISHED = r"""() => {
+    const prompts = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')]
+        .map(prompt => prompt.textContent.trim());
+    const ran = prompts.filter(prompt => /^\[\d+\]:$/.test(prompt)).length;
+    return ran === prompts.length || (ran > 0 && !prompts.includes('[*]:') && prompts.includes('[ ]:'));
+}"""
 
 
 def chromium() -> str | None:
@@ -96,8 +108,10 @@ def lab_environment(home: Path) -> dict:
     folders = {"HOME": "home", "JUPYTER_CONFIG_DIR": "config", "JUPYTER_DATA_DIR": "data",
                "JUPYTER_RUNTIME_DIR": "runtime", "IPYTHONDIR": "ipython",
                "JUPYTERLAB_SETTINGS_DIR": "settings", "JUPYTERLAB_WORKSPACES_DIR": "workspaces"}
+    import matplotlib  # keep its font cache: a fresh one is built with a note on stderr
+
     return {**os.environ, **{name: str(home / folder) for name, folder in folders.items()},
-            "TOKENIZERS_PARALLELISM": "false"}
+            "MPLCONFIGDIR": matplotlib.get_configdir(), "TOKENIZERS_PARALLELISM": "false"}
 
 
 def wait_for_server(url: str, server: subprocess.Popen, log: Path) -> None:
@@ -115,11 +129,14 @@ def wait_for_server(url: str, server: subprocess.Popen, log: Path) -> None:
 
 
 def open_notebook(browser, lab, notebook: dict, stem: str):
-    """Save `notebook` under a fresh name (so a fresh kernel), open it, and wait until its kernel is idle."""
+    """Save `notebook` under a fresh name (so a fresh kernel), open it, and wait until its kernel is idle.
+
+    The page's `saved_path` is that file: what JupyterLab writes when the notebook is saved."""
     url, root = lab
     name = f"{stem}-{uuid.uuid4().hex[:8]}.ipynb"
     (root / name).write_text(json.dumps(notebook))
     page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.saved_path = root / name
     page.set_default_timeout(SECONDS * 1000)
     page.goto(f"{url}/lab/tree/{name}?reset")
     page.wait_for_function("""() => {
@@ -144,17 +161,55 @@ def panel_notebook() -> dict:
     return {"cells": [cell], "metadata": {"kernelspec": KERNELSPEC}, "nbformat": 4, "nbformat_minor": 5}
 
 
-def test_lesson1_runs_in_jupyterlab(browser, lab):
-    notebook = json.loads((ROOT / "notebooks" / "01_hello_processes.ipynb").read_text())
-    for cell in notebook["cells"]:  # the committed outputs hold the text we wait for: start from none
+def without_outputs(notebook: dict) -> dict:
+    """The notebook as a learner gets it fresh: no outputs, no execution counts (its saved text is what we wait for)."""
+    for cell in notebook["cells"]:
         cell.update({"outputs": [], "execution_count": None} if cell["cell_type"] == "code" else {})
-    page = open_notebook(browser, lab, notebook, "lesson1")
+    return notebook
+
+
+def saved_notebook(page) -> dict:
+    """Save the notebook from the browser (Ctrl+S) and read back what JupyterLab wrote, once every cell ran."""
+    page.locator(".jp-Notebook").first.click()
+    page.keyboard.press("Control+s")
+    deadline = time.monotonic() + SECONDS
+    while time.monotonic() < deadline:
+        notebook = json.loads(page.saved_path.read_text())
+        if any(cell.get("execution_count") for cell in notebook["cells"]):
+            return notebook
+        time.sleep(0.25)
+    pytest.fail(f"JupyterLab did not save {page.saved_path.name} within {SECONDS} s")
+
+
+def problems(notebook: dict) -> list[str]:
+    """Cells that did not run, raised, or wrote to stderr (outside the cell marked NBVAL_IGNORE_OUTPUT)."""
+    found = []
+    for number, cell in enumerate(notebook["cells"]):
+        if cell["cell_type"] != "code":
+            continue
+        source = "".join(cell["source"])
+        if cell.get("execution_count") is None:
+            found.append(f"cell {number} did not run")
+        for output in cell["outputs"]:
+            if output["output_type"] == "error":
+                found.append(f"cell {number} raised {output['ename']}: {output['evalue']}")
+            elif output.get("name") == "stderr" and "NBVAL_IGNORE_OUTPUT" not in source:
+                found.append(f"cell {number} wrote to stderr: {''.join(output['text'])[:300]}")
+    return found
+
+
+@pytest.mark.parametrize("path", lesson_notebooks(), ids=lambda path: path.stem)
+def test_lesson_runs_all_in_jupyterlab(browser, lab, path):
+    page = open_notebook(browser, lab, without_outputs(json.loads(path.read_text())), path.stem[:12])
     run_all_cells(page)
-    hello = page.locator(".jp-OutputArea-output", has_text="Hello from process 1 of 2").first
-    hello.wait_for()
-    hello.scroll_into_view_if_needed()
-    page.screenshot(path=ASSETS / "screenshot_lesson1.png")
+    page.wait_for_function(FINISHED, timeout=LESSON_SECONDS * 1000, polling=500)
+    if path.name.startswith("01_"):
+        hello = page.locator(".jp-OutputArea-output", has_text="Hello from process 1 of 2").first
+        hello.scroll_into_view_if_needed()
+        page.screenshot(path=ASSETS / "screenshot_lesson1.png")
+    found = problems(saved_notebook(page))
     page.close()
+    assert not found, f"{path.name} in JupyterLab:\n" + "\n".join(found)
 
 
 def test_panel_runs_in_jupyterlab(browser, lab):
@@ -166,3 +221,19 @@ def test_panel_runs_in_jupyterlab(browser, lab):
     assert "processes: 2 x cpu" in page.locator(".widget-output").inner_text()
     page.screenshot(path=ASSETS / "screenshot_panel.png")
     page.close()
+
+
+def test_problems_are_found_in_a_saved_notebook():
+    """The check the lesson tests end with: it fails on an error, on stderr, and on a cell that never ran."""
+    cell = {"cell_type": "code", "metadata": {}}
+    notebook = {"cells": [
+        {**cell, "source": "1/0", "execution_count": 1,
+         "outputs": [{"output_type": "error", "ename": "ZeroDivisionError", "evalue": "division by zero"}]},
+        {**cell, "source": "warn()", "execution_count": 2, "outputs": [{"output_type": "stream", "name": "stderr",
+                                                                       "text": "a warning"}]},
+        {**cell, "source": "# NBVAL_IGNORE_OUTPUT\nraw()", "execution_count": 3,
+         "outputs": [{"output_type": "stream", "name": "stderr", "text": "varies"}]},
+        {**cell, "source": "later()", "execution_count": None, "outputs": []},
+    ]}
+    assert problems(notebook) == ["cell 0 raised ZeroDivisionError: division by zero",
+                                  "cell 1 wrote to stderr: a warning", "cell 3 did not run"]
