@@ -32,12 +32,13 @@ KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python
 PANEL_PROMPTS = ["It was a bright cold day in April,", "The King is dead.", "Call me", "Once upon a time"]
 SECONDS = 30
 LESSON_SECONDS = 600  # a whole lesson, on a busy 2-core machine
-# Every code cell has run, or none is running and some never ran (Run All stops at an error).
-FINISHED = r"""() => {
+QUIET_SECONDS = 5  # Run All runs cells one after another and stops at an error: this long idle means it stopped
+RUN_STATE = r"""() => {
     const prompts = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')]
         .map(prompt => prompt.textContent.trim());
-    const ran = prompts.filter(prompt => /^\[\d+\]:$/.test(prompt)).length;
-    return ran === prompts.length || (ran > 0 && !prompts.includes('[*]:') && prompts.includes('[ ]:'));
+    const state = document.querySelector('.jp-NotebookPanel-toolbar .jp-Notebook-ExecutionIndicator');
+    return {cells: prompts.length, ran: prompts.filter(prompt => /^\[\d+\]:$/.test(prompt)).length,
+            busy: prompts.includes('[*]:') || !state || state.dataset.status !== 'idle'};
 }"""
 
 
@@ -79,6 +80,9 @@ def lab(tmp_path_factory):
     settings = Path(env["JUPYTERLAB_SETTINGS_DIR"]) / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
     (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false"}))
+    tracker = Path(env["JUPYTERLAB_SETTINGS_DIR"]) / "@jupyterlab" / "notebook-extension"
+    tracker.mkdir(parents=True)  # every cell in the page, below the fold too
+    (tracker / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
     port = free_port()
     previous = signal.signal(signal.SIGTERM, interrupt)  # a CI timeout's SIGTERM still runs the teardown
     with open(home / "server.log", "w") as log:
@@ -168,6 +172,20 @@ def without_outputs(notebook: dict) -> dict:
     return notebook
 
 
+def wait_until_finished(page) -> None:
+    """Wait until every code cell ran, or nothing ran for QUIET_SECONDS (Run All stopped at an error)."""
+    deadline, quiet_since = time.monotonic() + LESSON_SECONDS, None
+    while time.monotonic() < deadline:
+        state = page.evaluate(RUN_STATE)
+        if state["ran"] == state["cells"]:
+            return
+        quiet_since = None if state["busy"] else quiet_since or time.monotonic()
+        if quiet_since and time.monotonic() - quiet_since > QUIET_SECONDS:
+            return
+        time.sleep(0.5)
+    pytest.fail(f"the notebook was still running after {LESSON_SECONDS} s")
+
+
 def saved_notebook(page) -> dict:
     """Save the notebook from the browser (Ctrl+S) and read back what JupyterLab wrote, once every cell ran."""
     page.locator(".jp-Notebook").first.click()
@@ -202,7 +220,7 @@ def problems(notebook: dict) -> list[str]:
 def test_lesson_runs_all_in_jupyterlab(browser, lab, path):
     page = open_notebook(browser, lab, without_outputs(json.loads(path.read_text())), path.stem[:12])
     run_all_cells(page)
-    page.wait_for_function(FINISHED, timeout=LESSON_SECONDS * 1000, polling=500)
+    wait_until_finished(page)
     if path.name.startswith("01_"):
         hello = page.locator(".jp-OutputArea-output", has_text="Hello from process 1 of 2").first
         hello.scroll_into_view_if_needed()
