@@ -25,3 +25,11 @@ def test_one_line_per_batch_size():
         "this machine, batch 16, measured", "this machine, batch 16, batch-count model"]
     assert list(measured[0].get_ydata()) == [1.0, 4.0 / 2.5]
     assert [line.get_color() for line in right.lines] == [measured[0].get_color(), measured[2].get_color()]
+
+
+def test_lesson_5s_figure_takes_summaries_by_prompt_set():
+    from mgpu_lab.plots import plot_modes
+
+    summary = {"mode": "batched", "tokens_per_s": 100.0, "padding_ratio": 0.5}
+    figure = plot_modes({"article": [summary], "varied": [summary]})
+    assert [axis.get_title() for axis in figure.axes] == ["article prompts", "varied prompts"]
