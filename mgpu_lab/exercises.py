@@ -67,7 +67,7 @@ def first_difference(these: list[int], those: list[int]) -> int:
 
 def check_squares(fn: Callable[[], list[int]]) -> bool:
     """Lesson 1: `fn`, run on 3 processes, must return every rank's square, gathered, in rank order."""
-    result, problem = attempt(launch, fn, num_processes=3, verbose=False)
+    result, problem = attempt(launch, fn, num_processes=3, verbose=False, cpu=True)
     if problem:
         return verdict(False, "", problem + " (gather_object needs a list: wrap your value in [ ])")
     return verdict(result == [0, 1, 4], "3 processes gathered [0, 1, 4]",
@@ -77,7 +77,7 @@ def check_squares(fn: Callable[[], list[int]]) -> bool:
 def padded_pair_shares(count: int, processes: int) -> list[list[tuple[int, str]]]:
     """What each process receives of the article's first `count` prompts as (index, prompt) pairs, apply_padding=True."""
     prompts = default_prompts()
-    shares = launch(who_gets_what, count, True, num_processes=processes, verbose=False)
+    shares = launch(who_gets_what, count, True, num_processes=processes, verbose=False, cpu=True)
     return [[(index, prompts[index]) for index in share] for share in shares]
 
 
