@@ -106,7 +106,7 @@ def check_restore(fn: Callable[[list[list[tuple[int, str]]], int], list[tuple[in
 def _reference_rows() -> tuple[tuple[int, str, int], ...]:
     """run("batched") on the exercise's prompts: the rows a correct per-process function returns."""
     reference = run("batched", "tiny", CHECK_PROMPTS, num_processes=CHECK_PROCESSES,
-                    max_new_tokens=CHECK_NEW_TOKENS, batch_size=CHECK_BATCH, verbose=False)
+                    max_new_tokens=CHECK_NEW_TOKENS, batch_size=CHECK_BATCH, verbose=False, progress=False)
     return tuple((c.index, c.text, c.generated_tokens) for c in reference.results)
 
 
