@@ -104,6 +104,11 @@ def check_parent_is_clean() -> None:
         )
 
 
+def default_processes(cpu: bool = False) -> int:
+    """How many processes a launch starts when not told: one per GPU, else 2 CPU processes."""
+    return (0 if cpu else count_gpus()) or 2
+
+
 def plan_launch(num_processes: int | None = None, port: int | None = None, cpu: bool = False) -> LaunchPlan:
     """Choose device, process count, threads and port for a launch, checking each choice.
 
@@ -113,7 +118,7 @@ def plan_launch(num_processes: int | None = None, port: int | None = None, cpu: 
     gpus = 0 if cpu else count_gpus()
     device = "cuda" if gpus else "cpu"
     if num_processes is None:
-        num_processes = gpus or 2
+        num_processes = default_processes(cpu)
     if not isinstance(num_processes, int) or isinstance(num_processes, bool) or num_processes < 1:
         raise LaunchError(f"num_processes must be a whole number >= 1, got {num_processes!r}.")
     if gpus and num_processes > gpus:

@@ -73,6 +73,7 @@ def test_more_processes_than_gpus_is_refused(monkeypatch):
 def test_cpu_processes_on_a_gpu_machine_when_asked(monkeypatch):
     monkeypatch.setattr(launch_module, "count_gpus", lambda: 1)
     assert plan_launch(None).device == "cuda"
+    assert (launch_module.default_processes(), launch_module.default_processes(cpu=True)) == (1, 2)
     plan = plan_launch(3, cpu=True)
     assert (plan.device, plan.num_processes) == ("cpu", 3)
     assert "3 CPU process(es)" in plan.describe()
