@@ -1,6 +1,5 @@
 """Model presets: a real checkpoint folder, llama2-like tokenizer, deterministic small build, dtype choice."""
 
-import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -37,12 +36,14 @@ def test_tiny_loads_fp32_on_cpu(tiny):
 
 
 def test_small_builds_deterministically(tmp_path, monkeypatch):
-    digests = []
+    builds = []
     for name in ("a", "b"):
         monkeypatch.setenv("MGPU_LAB_CACHE", str(tmp_path / name))
-        folder = models.small_checkpoint()
-        digests.append(hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest())
-    assert digests[0] == digests[1]
+        builds.append(load_file(models.small_checkpoint() / "model.safetensors"))
+    # The same tensors under the same names; the file's bytes are not compared: safetensors does not promise
+    # one header layout for the same tensors (two builds in one process once differed only there).
+    assert builds[0].keys() == builds[1].keys()
+    assert all(torch.equal(builds[0][name], builds[1][name]) for name in builds[0])
     model, tokenizer = load_model("small")
     assert 20e6 < sum(p.numel() for p in model.parameters()) < 30e6
     assert tokenizer.bos_token_id == AutoTokenizer.from_pretrained(models.TINY).bos_token_id
