@@ -281,6 +281,7 @@ def _child(fn: Callable[..., Any], args: tuple, tmp: Path, threads: int, timeout
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches every process; the parent stops them all
     _die_with_parent()
+    _no_library_bars()
     rank = int(os.environ.get("RANK", "0"))
     sys.stdout, sys.stderr = io.StringIO() if rank == 0 else stdout, stderr
     torch.set_num_threads(threads)
@@ -299,6 +300,16 @@ def _child(fn: Callable[..., Any], args: tuple, tmp: Path, threads: int, timeout
     if rank == 0:
         (tmp / RESULT_FILE).write_bytes(pickle.dumps(result))
     _leave_process_group()
+
+
+def _no_library_bars() -> None:
+    """No transformers progress bar (from_pretrained's) in a child process.
+
+    A forked process cannot draw in a notebook, and ipykernel logs every attempt; the kit's own bar is the parent's.
+    """
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read by transformers when a child imports it
+    if "transformers" in sys.modules:  # imported before the fork: switch it off there too
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
 def _failure(processes: list, tmp: Path, timeout: float) -> LaunchError:

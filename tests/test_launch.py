@@ -242,3 +242,17 @@ def test_gpu_out_of_memory_names_the_batch_size_and_a_smaller_one(monkeypatch):
     assert caught.value.message == ("Process 0 raised OutOfMemoryError: out of GPU memory on a batch of 4 prompt(s) "
                                     "(batch size 4). Fix: try --batch-size 2 (batch_size=2 in run()).")
     assert not leftover_children()
+
+
+def transformers_bars_enabled() -> bool:
+    """Whether transformers would draw its progress bars (from_pretrained's) in this process."""
+    import transformers
+
+    return transformers.utils.logging.is_progress_bar_enabled()
+
+
+def test_children_draw_no_library_progress_bars():
+    # A forked child's bar cannot reach the notebook; ipykernel logs a warning for every update it tries.
+    assert transformers_bars_enabled()
+    assert launch(transformers_bars_enabled, num_processes=1, verbose=False) is False
+    assert transformers_bars_enabled()  # the kernel's own setting is left alone
