@@ -17,16 +17,15 @@ def test_default_is_ten_lines_times_ten():
     assert len(prompts) == 100 and prompts[:10] == FIRST_LINES and prompts[90:] == FIRST_LINES
 
 
-def test_txt_skips_and_counts_empty_lines(tmp_path):
-    path = tmp_path / "p.txt"
-    path.write_text("first\n\n  \nsecond\n", encoding="utf-8")
-    assert load_prompts(path) == (["first", "second"], 2)
-
-
-def test_jsonl_reads_the_prompt_field(tmp_path):
-    path = tmp_path / "p.jsonl"
-    path.write_text('{"prompt": "a"}\n\n{"prompt": "b", "id": 2}\n', encoding="utf-8")
-    assert load_prompts(path) == (["a", "b"], 1)
+@pytest.mark.parametrize("name, text, expected", [
+    ("p.txt", "first\n\n  \nsecond\n", (["first", "second"], 2)),  # empty lines skipped and counted
+    ("p.jsonl", '{"prompt": "a"}\n\n{"prompt": "b", "id": 2}\n', (["a", "b"], 1)),  # the prompt field
+    ("p.csv", 'id,prompt\n1,"Hello, there"\n2,\n3,"two\nlines"\n', (["Hello, there", "two\nlines"], 1)),  # column
+])
+def test_each_format_reads_its_prompts_and_counts_empty_ones(tmp_path, name, text, expected):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    assert load_prompts(path) == expected
 
 
 @pytest.mark.parametrize("name, content, message", [
@@ -73,12 +72,6 @@ def test_only_newlines_split_prompts(tmp_path):
     jsonl.write_text("\n".join(json.dumps({"prompt": p}, ensure_ascii=False) for p in odd), encoding="utf-8")
     assert "\u2028" in jsonl.read_text(encoding="utf-8")  # raw, not escaped
     assert load_prompts(txt) == (odd, 0) and load_prompts(jsonl) == (odd, 0)
-
-
-def test_csv_reads_the_prompt_column(tmp_path):
-    path = tmp_path / "p.csv"
-    path.write_text('id,prompt\n1,"Hello, there"\n2,\n3,"two\nlines"\n', encoding="utf-8")
-    assert load_prompts(path) == (["Hello, there", "two\nlines"], 1)
 
 
 def test_csv_without_a_prompt_column_is_named(tmp_path):
