@@ -18,7 +18,7 @@ PAGED = "paged|sdpa"
 PAGE_SIZE = 256
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: the scheduler's own thread updates tensors made here in place
 def generate_continuous(model, tokenizer, prompts: list[str], max_new_tokens: int, token_budget: int,
                         indices: list[int] | None = None, force_length: bool = False) -> list[Completion]:
     """Hand every prompt to the continuous-batching scheduler at once; completions come back in input order."""
@@ -27,7 +27,7 @@ def generate_continuous(model, tokenizer, prompts: list[str], max_new_tokens: in
     return sorted(completions, key=lambda c: c.index)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def continuous_items(model, tokenizer, items: list[tuple[int, str]], max_new_tokens: int, token_budget: int,
                      force_length: bool = False,
                      on_batch: Callable[[list[Completion]], None] | None = None) -> tuple[list[Completion], int]:
@@ -68,12 +68,14 @@ def _stream(model, tokenizer, items, inputs, config, cb_config, on_batch) -> tup
                 if not manager.is_running():
                     raise RuntimeError("The continuous-batching scheduler stopped before every prompt finished.")
                 continue
+            if output.error:
+                raise RuntimeError(f"The continuous-batching scheduler failed a request: {output.error}")
             if output.is_finished():
                 done = _completion(tokenizer, *by_request[output.request_id], output, stop_ids)
                 if on_batch:
                     on_batch([done])
                 completions.append(done)
-        steps = manager.current_batch  # one forward pass per step, over every request in flight
+        steps = getattr(manager, "current_batch", 0)  # forward passes run; 5.17 sets it in the scheduler's thread
     return completions, steps
 
 

@@ -179,12 +179,13 @@ def run(mode: str = DEFAULTS.mode, model: str = DEFAULTS.model, prompts: list[st
         num_processes: int | None = None, max_new_tokens: int = DEFAULTS.max_new_tokens,
         batch_size: int = DEFAULTS.batch_size, verbose: bool = True, token_budget: int | None = None,
         output: str | None = None, resume: bool = False, progress: bool | None = None,
-        timeout: float = DEFAULT_TIMEOUT_S) -> RunResult:
+        timeout: float = DEFAULT_TIMEOUT_S, cpu: bool = False) -> RunResult:
     """Launch one inference run on `num_processes` processes and return rank 0's ordered result.
 
     `output`: a .jsonl file each completion is appended to as it is produced; with `resume=True` the prompts it
     already holds are reused, not generated again. `progress`: a live bar (None: where someone watches).
     `timeout`: seconds a process waits for a peer that does not arrive before the run fails.
+    `cpu=True`: CPU processes (fp32) even where GPUs exist.
     """
     lookup_mode(mode)  # every mistake fails here, before any process starts
     check_model(model)
@@ -196,7 +197,7 @@ def run(mode: str = DEFAULTS.mode, model: str = DEFAULTS.model, prompts: list[st
                        batch_size=batch_size, token_budget=token_budget, output=output, skip=frozenset(reused))
     bar = Progress(total=len(prompts), done=len(reused)) if wanted(progress) else None
     result = launch(run_on_this_process, config, num_processes=num_processes, verbose=verbose, progress=bar,
-                    timeout=timeout)
+                    timeout=timeout, cpu=cpu)
     return with_reused(result, reused)
 
 

@@ -105,8 +105,8 @@ def check_restore(fn: Callable[[list[list[tuple[int, str]]], int], list[tuple[in
 @functools.cache
 def _reference_rows() -> tuple[tuple[int, str, int], ...]:
     """run("batched") on the exercise's prompts: the rows a correct per-process function returns."""
-    reference = run("batched", "tiny", CHECK_PROMPTS, num_processes=CHECK_PROCESSES,
-                    max_new_tokens=CHECK_NEW_TOKENS, batch_size=CHECK_BATCH, verbose=False, progress=False)
+    reference = run("batched", "tiny", CHECK_PROMPTS, num_processes=CHECK_PROCESSES, max_new_tokens=CHECK_NEW_TOKENS,
+                    batch_size=CHECK_BATCH, verbose=False, progress=False, cpu=True)
     return tuple((c.index, c.text, c.generated_tokens) for c in reference.results)
 
 
@@ -114,7 +114,7 @@ def check_batched_function(fn: Callable) -> bool:
     """Lesson 3: `fn(folder, prompts, max_new_tokens, batch_size)`, launched, must return what run("batched") does."""
     expected = list(_reference_rows())
     result, problem = attempt(launch, fn, TINY, CHECK_PROMPTS, CHECK_NEW_TOKENS, CHECK_BATCH,
-                              num_processes=CHECK_PROCESSES, verbose=False)
+                              num_processes=CHECK_PROCESSES, verbose=False, cpu=True)
     if problem:
         if "padding token" in problem:
             problem += " (Llama tokenizers have none: tokenizer.pad_token = tokenizer.eos_token)"

@@ -262,6 +262,10 @@ def run(args: argparse.Namespace) -> int:
     """The gpu-check command: say so and stop without a GPU, print the plan on --dry-run, else run it all."""
     if args.step:
         steps = {"lessons": run_lessons_on_gpu, "agreement": run_agreement, "decode-probe": run_decode_probe}
+        if not args.out:
+            print(f"error: --step {args.step} needs --out DIR (the folder it writes into).")
+            return 2
+        Path(args.out).mkdir(parents=True, exist_ok=True)
         return steps[args.step](Path(args.out))
     gpus = count_gpus()
     out = Path(args.out) if args.out else (device_folder(Path("assets/gpu")) if gpus else Path("assets/gpu/<gpu>"))

@@ -60,6 +60,11 @@ class LaunchPlan:
         )
 
 
+CUDA_IN_PARENT = ("This kernel touched the GPU before the launch, so processes forked from it cannot use it. "
+                  "Fix: restart the kernel, import mgpu_lab first, and launch before anything touches the GPU "
+                  "(no model.to('cuda'), no torch.cuda calls outside the launched function).")
+
+
 def count_gpus() -> int:
     """Number of CUDA GPUs, found through NVML so CUDA is not initialised in this process."""
     with patch_environment(PYTORCH_NVML_BASED_CUDA_CHECK="1"):
@@ -91,11 +96,7 @@ def already_launched() -> bool:
 def check_parent_is_clean() -> None:
     """Refuse to fork when this process already holds CUDA or accelerate state the children would inherit."""
     if torch.cuda.is_initialized():
-        raise LaunchError(
-            "CUDA was already initialised in this kernel before the launch, so forked processes cannot use the GPU. "
-            "Fix: restart the kernel and launch before anything touches the GPU (no model.to('cuda'), "
-            "no torch.cuda calls outside the launched function)."
-        )
+        raise LaunchError(f"CUDA was already initialised in this kernel before the launch. {CUDA_IN_PARENT}")
     if PartialState._shared_state:
         raise LaunchError(
             "An Accelerator (or PartialState) was created in this kernel, outside the launched function; "
@@ -325,6 +326,8 @@ def _failure(processes: list, tmp: Path, timeout: float) -> LaunchError:
     message, _, child_traceback = reports[0].read_text().partition("\n\n")
     if "timed out" in message.lower() or "timeout" in message.lower():
         return LaunchError(_not_arrived(processes, tmp, timeout), child_traceback)
+    if "CUDA error: initialization error" in message:
+        return LaunchError(f"The launched processes could not start CUDA. {CUDA_IN_PARENT}", child_traceback)
     # When several ranks raised the same error, name the lowest one, so the message is the same on every run.
     rank = min(int(path.stem.removeprefix("error-rank")) for path in reports
                if path.read_text().partition("\n\n")[0] == message)

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from mgpu_lab import continuous, gpu_check
 from mgpu_lab.generate import Completion
 from mgpu_lab.launch import launch
@@ -15,6 +17,15 @@ def test_without_a_gpu_it_says_so_in_one_line_and_exits_0():
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines() == [
         "No GPU found: gpu-check needs a CUDA GPU and did nothing. Add --dry-run to see what it would run."]
+
+
+def test_one_step_needs_a_folder_and_makes_it(tmp_path, monkeypatch, capsys):
+    args = gpu_check.argparse.Namespace(step="decode-probe", out=None, dry_run=False)
+    assert gpu_check.run(args) == 2
+    assert capsys.readouterr().out == "error: --step decode-probe needs --out DIR (the folder it writes into).\n"
+    monkeypatch.setattr(gpu_check, "run_decode_probe", lambda out: int(not out.is_dir()))
+    args.out = str(tmp_path / "not" / "there")
+    assert gpu_check.run(args) == 0  # the GPU run lost its probe to a folder nobody had made
 
 
 def test_dry_run_prints_every_step_with_its_command(tmp_path):
@@ -80,3 +91,16 @@ def test_decode_probe_reports_every_batch_and_way():
                    verbose=False)
     assert found["model"] == "tiny" and found["dtype"] == "float32"
     assert found["eager batch 2"]["tokens_per_s"] > 0 and found["eager batch 2"]["roofline_fraction"] is None
+
+
+def test_a_request_the_scheduler_failed_is_an_error_not_a_result(tiny, monkeypatch):
+    """transformers' scheduler hands back failed requests as finished outputs carrying an error; none may pass."""
+    from transformers.generation.continuous_batching import continuous_api
+
+    def broken_step(self, model):
+        raise RuntimeError("a step that fails")
+
+    monkeypatch.setattr(continuous_api.ContinuousBatchProcessor, "_generation_step", broken_step)
+    model, tokenizer = tiny
+    with pytest.raises(RuntimeError, match="scheduler failed a request: .*a step that fails"):
+        continuous.generate_continuous(model, tokenizer, ["Hello there", "Another prompt"], 4, 256)

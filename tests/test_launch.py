@@ -57,6 +57,38 @@ def test_cuda_initialised_in_parent_is_refused(monkeypatch):
         launch(hello, num_processes=2)
 
 
+def cuda_cannot_start():
+    raise RuntimeError("CUDA error: initialization error")  # what a child forked after cuInit in its parent raises
+
+
+def test_cuda_driver_started_in_parent_is_named_with_its_fix():
+    with pytest.raises(LaunchError) as caught:
+        launch(cuda_cannot_start, num_processes=2)
+    assert caught.value.message.startswith("The launched processes could not start CUDA.")
+    assert "restart the kernel" in caught.value.message
+
+
+KERNEL_WORK = """
+import torch
+asked = []
+torch.cuda.is_current_stream_capturing = lambda: asked.append(1) or False  # stands in for the driver call
+import mgpu_lab, os
+from mgpu_lab.generate import generate_batched
+from mgpu_lab.models import load_model
+from mgpu_lab.prompts import default_prompts
+model, tokenizer = load_model("tiny")
+generate_batched(model, tokenizer, default_prompts()[:4], max_new_tokens=2, batch_size=4)  # a padded batch
+print(os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"], len(asked))
+"""
+
+
+def test_the_kit_keeps_the_kernel_from_starting_cuda():
+    """Padded generate in the kernel asks whether a CUDA stream is capturing; on a GPU box that starts the driver."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTORCH_NVML_BASED_CUDA_CHECK"}
+    done = subprocess.run([sys.executable, "-c", KERNEL_WORK], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.split() == ["1", "0"]  # NVML answers is_available; the driver is never asked
+
+
 def test_accelerator_made_in_parent_is_refused(monkeypatch):
     monkeypatch.setattr(PartialState, "_shared_state", {"made": "outside"})
     with pytest.raises(LaunchError, match="only inside the function you launch"):
