@@ -234,16 +234,21 @@ def summarize(out: Path, steps: list[dict], wall_s: float) -> dict:
 
 
 def ratios(records: list[dict]) -> dict:
-    """batched(16)/naive and the best new mode over input-order batches of 16, from one run's records."""
+    """From one run's records: batched(16)/naive, and the best new mode over input-order batches of 16 and over
+    input-order batches of the size nearest its own mean batch (a bigger batch alone would also be faster)."""
     speed = {(r["mode"], r.get("batch_size")): r["tokens_per_s"] for r in records}
     naive, batched16 = speed.get(("naive", None)), speed.get(("batched", 16))
-    new = {mode: s for (mode, _), s in speed.items() if mode not in ("naive", "batched")}
+    new = {r["mode"]: r for r in records if r["mode"] not in ("naive", "batched")}
     found = {}
     if naive and batched16:
         found["batched16_over_naive"] = round(batched16 / naive, 2)
     if new and batched16:
-        best = max(new, key=new.get)
-        found["best_new_mode"], found["best_new_over_batched16"] = best, round(new[best] / batched16, 2)
+        best = max(new.values(), key=lambda r: r["tokens_per_s"])
+        sizes = [size for mode, size in speed if mode == "batched"]
+        nearest = min(sizes, key=lambda size: abs(size - (best.get("mean_batch_size") or 16)))
+        found |= {"best_new_mode": best["mode"], "best_new_over_batched16": round(best["tokens_per_s"] / batched16, 2),
+                  "nearest_batch_size": nearest,
+                  "best_new_over_batched_nearest": round(best["tokens_per_s"] / speed["batched", nearest], 2)}
     return found
 
 

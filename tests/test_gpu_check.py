@@ -59,13 +59,16 @@ def test_agreement_in_fp32_on_cpu_is_exact():
 
 
 def test_summary_ratios_from_records(tmp_path):
-    rows = [("naive", None, 10.0), ("batched", 16, 100.0), ("batched", 64, 150.0), ("budget", None, 120.0)]
+    rows = [("naive", None, 10.0, 1), ("batched", 16, 100.0, 16), ("batched", 64, 150.0, 64),
+            ("budget", None, 120.0, 50.0)]  # budget's batches held 50 prompts on average: nearer 64 than 16
     records = [{"mode": m, "batch_size": b, "token_budget": None, "dtype": "bfloat16", "device": "cuda",
-                "tokens_per_s": t, "wall_s": 1.0, "roofline_fraction": 0.1, "padding_ratio": 0.0} for m, b, t in rows]
+                "tokens_per_s": t, "wall_s": 1.0, "roofline_fraction": 0.1, "padding_ratio": 0.0,
+                "mean_batch_size": mean} for m, b, t, mean in rows]
     (tmp_path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     summary = gpu_check.summarize(tmp_path, [{"step": "bench", "exit": 0, "seconds": 1.0}], 2.0)
     assert summary["ratios"] == {"batched16_over_naive": 10.0, "best_new_mode": "budget",
-                                 "best_new_over_batched16": 1.2}
+                                 "best_new_over_batched16": 1.2, "nearest_batch_size": 64,
+                                 "best_new_over_batched_nearest": 0.8}
     assert "| budget | - | bfloat16 | 120.0 |" in (tmp_path / "summary.md").read_text()
 
 
