@@ -7,12 +7,14 @@ torch.cuda.is_current_stream_capturing(), which transformers asks on every padde
 
 import os
 
-import torch
-
 
 def keep_cuda_unstarted() -> None:
     """Ask NVML whether GPUs exist, and answer "not capturing" where this process never started CUDA."""
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    try:
+        import torch
+    except ImportError:  # `python -m mgpu_lab doctor` runs without torch, to say how to install it
+        return
     capturing = torch.cuda.is_current_stream_capturing
     if getattr(capturing, "guarded", False):
         return
