@@ -38,7 +38,7 @@ def test_old_python_fails():
 def test_old_transformers_fails_with_the_upgrade(monkeypatch):
     versions(monkeypatch, transformers="4.56.0")
     check = doctor.check_package("transformers")
-    assert not check.ok and check.line().endswith("Fix: pip install -U 'transformers>=5.0'")
+    assert not check.ok and check.line().endswith("Fix: pip install -U 'transformers>=5.4'")
 
 
 def test_missing_package_fails(monkeypatch):
