@@ -24,7 +24,7 @@ def verdict(ok: bool, success: str, hint: str) -> bool:
     return ok
 
 
-def attempt(fn: Callable, *args, **kwargs):
+def attempt(fn: Callable, *args, **kwargs) -> tuple[Any, str | None]:
     """Call the learner's function; an exception becomes a hint instead of a traceback."""
     try:
         return fn(*args, **kwargs), None

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+import torch
+from transformers import BatchEncoding
+
 from .batching import budget_batches, fixed_batches, sorted_batches
 from .defaults import BATCH_SIZE
-
-import torch
 
 
 @dataclass
@@ -63,7 +64,7 @@ def count_until_eos(new_ids: list[int], stop_ids: set[int]) -> tuple[int, str]:
 
 
 def padded_batch(tokenizer, prompts: list[str], device: torch.device | str = "cpu", padding_side: str = "left",
-                 add_special_tokens: bool = True):
+                 add_special_tokens: bool = True) -> BatchEncoding:
     """Tokenize a batch; the right way keeps BOS and pads on the left, so every row's last token is real.
 
     Padding uses pad_token(tokenizer), EOS when the tokenizer has no pad token (the attention mask hides it);

@@ -10,12 +10,14 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import transformers
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_model
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel,
+                          PreTrainedTokenizerBase)
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from .checks import out_folder
@@ -40,7 +42,7 @@ class ModelLoadError(ValueError):
 
 
 @contextlib.contextmanager
-def quiet_transformers():
+def quiet_transformers() -> Iterator[None]:
     """Transformers' notes and progress bars off inside the block (a load, a scheduler), then back as they were."""
     verbosity = transformers.utils.logging.get_verbosity()
     bars = transformers.utils.logging.is_progress_bar_enabled()
@@ -88,7 +90,7 @@ def check_model(name: str) -> None:
         check_checkpoint(Path(_checkpoint(name)))
 
 
-def load_tokenizer(name: str = "tiny"):
+def load_tokenizer(name: str = "tiny") -> PreTrainedTokenizerBase:
     """The tokenizer of a model; every preset shares the bundled tiny tokenizer."""
     with quiet_transformers():
         if name in ("tiny", "small") or is_synthetic(name):
@@ -96,7 +98,8 @@ def load_tokenizer(name: str = "tiny"):
         return AutoTokenizer.from_pretrained(_checkpoint(name))
 
 
-def load_model(name: str, device: torch.device | str = "cpu", dtype: torch.dtype | None = None, strict: bool = True):
+def load_model(name: str, device: torch.device | str = "cpu", dtype: torch.dtype | None = None, strict: bool = True
+               ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Return (model, tokenizer) on `device`, in eval mode; missing or unexpected weights fail (strict=False: warn)."""
     device = torch.device(device)
     dtype = dtype or pick_dtype(device)

@@ -16,11 +16,16 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
 
 from . import corpus
+
+if TYPE_CHECKING:  # imported where used: the kit's other commands need neither
+    from matplotlib.figure import Figure
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 
@@ -55,7 +60,7 @@ def lr_at(step: int, cfg: TinyConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
 
 
-def train_tokenizer(texts: list[str], vocab_size: int):
+def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
     """A llama2-like byte-level BPE tokenizer: adds <s> in front, ends with </s>, has no pad token."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -79,7 +84,7 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     )
 
 
-def build_model(cfg: TinyConfig, tokenizer):
+def build_model(cfg: TinyConfig, tokenizer) -> LlamaForCausalLM:
     """A fresh, seeded LlamaForCausalLM with tied embeddings, shaped by `cfg`."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -172,7 +177,7 @@ def save_folder(model, tokenizer, out: Path) -> None:
     config_path.write_text(json.dumps(tok_config, indent=2) + "\n")
 
 
-def plot_loss(log: dict, path: str | Path | None = None):
+def plot_loss(log: dict, path: str | Path | None = None) -> Figure:
     """Plot the training and held-out loss curves of a `training_log.json`; save to `path` if given."""
     import matplotlib.pyplot as plt
 
