@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -36,8 +37,23 @@ def test_dry_run_prints_every_step_with_its_command(tmp_path):
     assert [line.split(",")[0] for line in steps] == ["  [doctor", "  [bench", "  [agreement", "  [lessons"]
     assert "--model shape:llama2-7b --num-processes 1 --modes naive,batched,budget,continuous" in done.stdout
     assert "--batch-sizes 16,64" in done.stdout
-    assert sum(step.timeout_s for step in gpu_check.plan(tmp_path)) <= 8 * 60  # the issue's 8-minute budget
+    assert "The whole check stops after 480 s" in done.stdout  # the issue's 8-minute budget
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
+
+
+def python_step(name: str, code: str, limit_s: int) -> gpu_check.Step:
+    """A step that runs a few lines of Python."""
+    return gpu_check.Step(name, (sys.executable, "-c", code), f"{name}.txt", limit_s)
+
+
+def test_steps_share_one_budget_and_a_late_one_is_skipped(tmp_path):
+    steps = [python_step("quick", "print('done')", 60), python_step("slow", "import time; time.sleep(60)", 60),
+             python_step("late", "print('never')", 60)]
+    start = time.perf_counter()
+    found = gpu_check.run_steps(steps, tmp_path, budget_s=4)
+    assert [r["exit"] for r in found] == [0, "timeout", "skipped: no time left"]
+    assert time.perf_counter() - start < 4 + 1  # the budget, and the moment it takes to kill the slow step
+    assert (tmp_path / "quick.txt").read_text() == "done\n" and not (tmp_path / "late.txt").exists()
 
 
 def test_first_difference_and_compare():
