@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,11 @@ def test_wheel_runs_the_lessons_code_from_anywhere(source, tmp_path):
     run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist", source,
         cwd=tmp_path)
     python = venv(tmp_path / "venv")
-    pip_install(python, *(tmp_path / "dist").glob("*.whl"))
+    wheel, = (tmp_path / "dist").glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "mgpu_lab/assets/models/tiny/model.safetensors" in names
+    assert not [name for name in names if name.startswith(("mgpu_lab/assets/gpu/", "mgpu_lab/assets/cpu/"))]  # records
+    pip_install(python, wheel)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     where = run(python, "-c", "import mgpu_lab.paths as p; print(p.TINY); print(p.NOTEBOOKS)", cwd=elsewhere).stdout
