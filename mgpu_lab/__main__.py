@@ -13,19 +13,24 @@ from . import doctor
 if sys.argv[1:2] == ["doctor"]:  # the doctor runs before the imports below, which need torch: it must work without
     sys.exit(doctor.main(sys.argv[2:]))
 
-from . import gpu_check  # noqa: E402 (the doctor above must not need these)
-from .tiny import train as train_tiny  # noqa: E402
-from .bench import RECORDS, RECORDS_CSV, Sweep, against_input_order, run_sweep  # noqa: E402
-from .checks import (Parser, cli_type, image_path, out_folder, positive_number, torchrun_env,  # noqa: E402
-                     whole_number)
-from .distributed import DEFAULTS, run  # noqa: E402
-from .hello import hello  # noqa: E402
-from .launch import DEFAULT_TIMEOUT_S, LaunchError, launch  # noqa: E402
-from .modes import MODES, mode_names  # noqa: E402
-from .plots import plot_scaling
-from .models import ModelNotFoundError, check_model, is_synthetic
-from .prompts import PromptFileError, default_prompts, load_prompts
-from .report import format_completions, format_records, format_split, format_summary
+try:  # the doctor above must not need these
+    from . import gpu_check
+    from .tiny import train as train_tiny
+    from .bench import RECORDS, RECORDS_CSV, Sweep, against_input_order, run_sweep
+    from .checks import Parser, cli_type, image_path, out_folder, positive_number, torchrun_env, whole_number
+    from .distributed import DEFAULTS, run
+    from .hello import hello
+    from .launch import DEFAULT_TIMEOUT_S, LaunchError, launch
+    from .modes import MODES, mode_names
+    from .plots import plot_scaling
+    from .models import ModelNotFoundError, check_model, is_synthetic
+    from .prompts import PromptFileError, default_prompts, load_prompts
+    from .report import format_completions, format_records, format_split, format_summary
+except ImportError as missing:  # a fresh Python: say what is missing and how to install it, not a traceback
+    print(f"error: {missing}. The kit's dependencies are not all installed in this Python ({sys.executable}). "
+          "Fix: follow the README's Quickstart (torch first, then `pip install -r requirements.txt`), then "
+          "run `python -m mgpu_lab doctor`.", file=sys.stderr)
+    sys.exit(2)
 
 
 def is_main_rank() -> bool:

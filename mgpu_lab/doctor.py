@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import re
 import shutil
 import subprocess
 import sys
@@ -13,13 +14,11 @@ from functools import partial, wraps
 from importlib import metadata, resources
 from typing import Callable
 
-from packaging.requirements import Requirement
-from packaging.specifiers import SpecifierSet
-
 from .checks import Parser, cli_type, port as port_number
 
-# Nothing here imports torch, transformers, accelerate or the kit's engine at the top: on a machine where one of
-# them is missing or broken, the doctor still prints its checklist, and the checks that need them fail one by one.
+# Nothing here imports a package from outside the standard library at the top (not torch, not even `packaging`):
+# on a fresh Python where they are missing or broken, the doctor still prints its checklist, and the checks that need
+# them fail one by one.
 DEFAULT_PORT = 29500  # torchrun's and accelerate launch's default rendezvous port
 MIN_PYTHON = (3, 10)  # pyproject.toml's requires-python (a test keeps the two equal)
 TORCH_FIX = ("pip install torch --index-url https://download.pytorch.org/whl/cpu (Linux without a GPU); "
@@ -49,11 +48,19 @@ def installed_version(package: str) -> str | None:
         return None
 
 
-def dependencies() -> dict[str, SpecifierSet]:
-    """Each runtime dependency and its allowed versions, from mgpu_lab/dependencies.txt (pyproject.toml's source)."""
+def dependencies() -> dict[str, str]:
+    """Each runtime dependency and its minimum version, from mgpu_lab/dependencies.txt (pyproject.toml's source)."""
     lines = resources.files("mgpu_lab").joinpath("dependencies.txt").read_text(encoding="utf-8").splitlines()
-    requirements = [Requirement(line) for line in lines if line.strip() and not line.startswith("#")]
-    return {requirement.name: requirement.specifier for requirement in requirements}
+    found = {}
+    for line in (line.strip() for line in lines if line.strip() and not line.startswith("#")):
+        name, minimum = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([0-9.]+)", line).groups()  # the file uses `>=` alone
+        found[name] = minimum
+    return found
+
+
+def release(version: str) -> tuple[int, ...]:
+    """The numeric release of a version string: '2.13.0+cpu' -> (2, 13, 0), '5.4.0rc1' -> (5, 4, 0)."""
+    return tuple(int(part) for part in re.match(r"\d+(\.\d+)*", version).group().split("."))
 
 
 def check_python(version: tuple[int, ...] = tuple(sys.version_info[:3])) -> Check:
@@ -68,12 +75,12 @@ def check_python(version: tuple[int, ...] = tuple(sys.version_info[:3])) -> Chec
 
 def check_package(package: str) -> Check:
     """A package the kit needs is installed, at its minimum version or newer."""
-    found, allowed = installed_version(package), dependencies()[package]
-    fix = TORCH_FIX if package == "torch" else f"pip install -U '{package}{allowed}'"
+    found, minimum = installed_version(package), dependencies()[package]
+    fix = TORCH_FIX if package == "torch" else f"pip install -U '{package}>={minimum}'"
     if found is None:
         return Check(package, False, "is not installed.", fix)
-    if not allowed.contains(found, prereleases=True):
-        return Check(package, False, f"{found}: the kit needs {package} {allowed}.", fix)
+    if release(found) < release(minimum):
+        return Check(package, False, f"{found}: the kit needs {package} >={minimum}.", fix)
     return Check(package, True, found)
 
 

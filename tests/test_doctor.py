@@ -93,6 +93,29 @@ def test_doctor_without_torch_prints_its_checklist():
     assert lines[0].startswith("PASS python") and lines[-1].endswith("fix the FAIL lines above.")
 
 
+def test_a_bare_python_gets_the_checklist_and_one_line_not_a_traceback(tmp_path):
+    """A fresh venv with nothing installed (not even `packaging`), running the checkout: the first thing a newcomer
+    may try before installing anything."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", tmp_path / "bare"], check=True, timeout=60)
+    python = tmp_path / "bare" / "bin" / "python"
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    doctor_run = subprocess.run([python, "-m", "mgpu_lab", "doctor"], capture_output=True, text=True, env=env,
+                                cwd=tmp_path, timeout=120)
+    assert doctor_run.returncode == 1 and doctor_run.stderr == "", doctor_run.stderr
+    assert doctor_run.stdout.startswith("PASS python") and "FAIL torch is not installed. Fix:" in doctor_run.stdout
+    assert "FAIL packaging" not in doctor_run.stdout  # the kit does not need it
+    hello_run = subprocess.run([python, "-m", "mgpu_lab", "hello"], capture_output=True, text=True, env=env,
+                               cwd=tmp_path, timeout=120)
+    assert hello_run.returncode == 2 and hello_run.stdout == ""
+    assert hello_run.stderr.startswith("error: No module named 'torch'. The kit's dependencies are not all installed")
+    assert len(hello_run.stderr.splitlines()) == 1 and "python -m mgpu_lab doctor" in hello_run.stderr
+
+
+def test_versions_compare_by_their_release_numbers():
+    assert doctor.release("2.13.0+cpu") == (2, 13, 0) and doctor.release("5.4.0rc1") == (5, 4, 0)
+    assert doctor.release("1.9") < doctor.release("1.14") and doctor.release("5.10.0") > doctor.release("5.4")
+
+
 def test_minimum_python_matches_pyproject():
     tomllib = pytest.importorskip("tomllib")
     project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"]
