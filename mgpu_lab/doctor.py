@@ -51,11 +51,8 @@ def installed_version(package: str) -> str | None:
 def dependencies() -> dict[str, str]:
     """Each runtime dependency and its minimum version, from mgpu_lab/dependencies.txt (pyproject.toml's source)."""
     lines = resources.files("mgpu_lab").joinpath("dependencies.txt").read_text(encoding="utf-8").splitlines()
-    found = {}
-    for line in (line.strip() for line in lines if line.strip() and not line.startswith("#")):
-        name, minimum = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([0-9.]+)", line).groups()  # the file uses `>=` alone
-        found[name] = minimum
-    return found
+    requirements = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    return dict(re.fullmatch(r"([A-Za-z0-9_.-]+)>=([0-9.]+)", line).groups() for line in requirements)  # `>=` only
 
 
 def release(version: str) -> tuple[int, ...]:
