@@ -92,9 +92,9 @@ def quality(completions: list[CompletionLike]) -> Quality:
 
 def measure_model(name_or_path: str = "tiny", max_new_tokens: int = 100, batch_size: int = 16) -> Quality:
     """The four figures for a model on the 100 default prompts: greedy, batched, left-padded, on CPU."""
-    from ..generate import generate_batched
-    from ..models import load_model
-    from ..prompts import default_prompts
+    from ..engine.generate import generate_batched
+    from ..engine.models import load_model
+    from ..engine.prompts import default_prompts
 
     model, tokenizer = load_model(name_or_path, device="cpu")
     return quality(generate_batched(model, tokenizer, default_prompts(), max_new_tokens, batch_size=batch_size))

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
+from ..paths import DOCS, TINY
 from . import corpus
 
 if TYPE_CHECKING:  # imported where used: the kit's other commands need neither
@@ -250,11 +251,11 @@ differ), with figures close to these.
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the `train-tiny` options to `parser`."""
     defaults = TinyConfig()
-    parser.add_argument("--out", default="assets/models/tiny", help="folder to write (default: %(default)s)")
+    parser.add_argument("--out", default=str(TINY), help="folder to write (default: the bundled model's)")
     parser.add_argument("--steps", type=int, default=defaults.steps, help="training steps (default: %(default)s)")
     parser.add_argument("--max-docs", type=int, default=None, help="use only the first N documents (smoke tests)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default: %(default)s)")
-    parser.add_argument("--plot", default="assets/tiny_loss_curve.png", help="loss-curve PNG (default: %(default)s)")
+    parser.add_argument("--plot", default=str(DOCS / "tiny_loss_curve.png"), help="loss-curve PNG (default: docs/)")
     parser.add_argument("--no-quality", action="store_true", help="skip the quality measurement for the card")
 
 

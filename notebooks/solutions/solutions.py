@@ -6,7 +6,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mgpu_lab.models import pick_dtype
+from mgpu_lab.engine.models import pick_dtype
 
 
 def squares() -> list[int]:

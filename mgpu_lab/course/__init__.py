@@ -1,0 +1,1 @@
+"""What the notebooks call besides the code they show: demos, exercises, report text, plots, the panel, models."""

@@ -1,0 +1,200 @@
+"""Checks for the lessons' exercises and predictions: each prints a verdict and a hint, and returns True or False."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+from ..engine.batching import budget_batches, fixed_batches
+from ..engine.runner import run
+from .demos import who_gets_what
+from ..engine.generate import generate_batched
+from ..engine.results import Completion
+from ..engine.launch import LaunchError, launch
+from ..engine.models import TINY, load_model
+from ..engine.prompts import default_prompts, varied_prompts
+from .staircase import calls_on_busiest_rank
+
+# The batched-function exercise: 8 of the article's prompts on 2 processes, batches of 3, so every process pads.
+CHECK_PROMPTS = default_prompts(repeat=1)[:8]
+CHECK_NEW_TOKENS, CHECK_BATCH, CHECK_PROCESSES = 16, 3, 2
+
+
+def verdict(ok: bool, success: str, hint: str) -> bool:
+    """Print a one-line verdict for the learner and return it."""
+    print(f"✓ {success}" if ok else f"✗ not yet: {hint}")
+    return ok
+
+
+def attempt(fn: Callable, *args, **kwargs) -> tuple[Any, str | None]:
+    """Call the learner's function; an exception becomes a hint instead of a traceback."""
+    try:
+        return fn(*args, **kwargs), None
+    except LaunchError as error:
+        return None, error.message
+    except Exception as error:  # the learner's code may raise anything: report it, do not crash the lesson
+        return None, f"your function raised {type(error).__name__}: {error}"
+
+
+def predict(guess: Any, actual: Any, tolerance: float = 0.0, unit: str = "") -> bool:
+    """Predict, then run: ✓ when `guess` equals `actual` (numbers: within `tolerance`, relative); always show `actual`."""
+    shown = f"{actual}{unit}"
+    if guess is None:
+        print(f"? no prediction written yet; the real value: {shown}")
+        return False
+    if isinstance(actual, (int, float)) and isinstance(guess, (int, float)) and tolerance:
+        ok = abs(guess - actual) <= tolerance * abs(actual)
+    else:
+        ok = guess == actual
+    print(f"{'✓' if ok else '✗'} you predicted {guess!r}{unit}; the real value: {shown}")
+    return ok
+
+
+def compare_runs(these: list[Completion], those: list[Completion], dtype: str) -> int:
+    """Print how many completions are identical and, where some differ, after how many tokens; return the count."""
+    differ = [(a.index, first_difference(a.token_ids, b.token_ids))
+              for a, b in zip(these, those) if a.token_ids != b.token_ids]
+    print(f"{len(these) - len(differ)}/{len(these)} completions identical ({dtype})")
+    if differ:
+        where = ", ".join(f"prompt {index} after {tokens} tokens" for index, tokens in differ[:8])
+        print(f"the others part ways: {where}{' ...' if len(differ) > 8 else ''}"
+              + (" (in half precision a different batch shape rounds differently)" if dtype != "float32" else ""))
+    return len(these) - len(differ)
+
+
+def first_difference(these: list[int], those: list[int]) -> int:
+    """How many leading tokens two generations share."""
+    return next((i for i, (a, b) in enumerate(zip(these, those)) if a != b), min(len(these), len(those)))
+
+
+def check_squares(fn: Callable[[], list[int]]) -> bool:
+    """Lesson 1: `fn`, run on 3 processes, must return every rank's square, gathered, in rank order."""
+    result, problem = attempt(launch, fn, num_processes=3, verbose=False, cpu=True)
+    if problem:
+        return verdict(False, "", problem + " (gather_object needs a list: wrap your value in [ ])")
+    return verdict(result == [0, 1, 4], "3 processes gathered [0, 1, 4]",
+                   f"3 processes returned {result!r}, expected [0, 1, 4]")
+
+
+def padded_pair_shares(count: int, processes: int) -> list[list[tuple[int, str]]]:
+    """What each process receives of the article's first `count` prompts as (index, prompt) pairs, apply_padding=True."""
+    prompts = default_prompts()
+    shares = launch(who_gets_what, count, True, num_processes=processes, verbose=False, cpu=True)
+    return [[(index, prompts[index]) for index in share] for share in shares]
+
+
+def check_restore(fn: Callable[[list[list[tuple[int, str]]], int], list[tuple[int, str]]]) -> bool:
+    """Lesson 2: `fn(shares, count)` must turn padded shares of (index, prompt) pairs back into one pair per prompt."""
+    prompts = default_prompts()
+    for count, processes in ((10, 4), (12, 5), (23, 4)):
+        restored, problem = attempt(fn, padded_pair_shares(count, processes), count)
+        expected = list(enumerate(prompts[:count]))
+        if problem:
+            return verdict(False, "", problem)
+        if restored == expected:
+            continue
+        if restored == list(range(count)):
+            hint = "return the (index, prompt) pairs themselves, not just the numbers 0 ... count - 1"
+        elif isinstance(restored, list) and len(restored) < count:
+            hint = (f"{count} prompts on {processes} processes gave only {len(restored)} pairs: the article's prompts "
+                    "repeat, so dropping duplicates by text loses real prompts; drop them by index")
+        else:
+            hint = f"{count} prompts on {processes} processes gave {restored!r:.160}"
+        return verdict(False, "", hint)
+    return verdict(True, "every prompt comes back once, with its index, in order", "")
+
+
+@functools.cache
+def _reference_rows() -> tuple[tuple[int, str, int], ...]:
+    """run("batched") on the exercise's prompts: the rows a correct per-process function returns."""
+    reference = run("batched", "tiny", CHECK_PROMPTS, num_processes=CHECK_PROCESSES, max_new_tokens=CHECK_NEW_TOKENS,
+                    batch_size=CHECK_BATCH, verbose=False, progress=False, cpu=True)
+    return tuple((c.index, c.text, c.generated_tokens) for c in reference.results)
+
+
+def check_batched_function(fn: Callable) -> bool:
+    """Lesson 3: `fn(folder, prompts, max_new_tokens, batch_size)`, launched, must return what run("batched") does."""
+    expected = list(_reference_rows())
+    result, problem = attempt(launch, fn, TINY, CHECK_PROMPTS, CHECK_NEW_TOKENS, CHECK_BATCH,
+                              num_processes=CHECK_PROCESSES, verbose=False, cpu=True)
+    if problem:
+        if "padding token" in problem:
+            problem += " (Llama tokenizers have none: tokenizer.pad_token = tokenizer.eos_token)"
+        return verdict(False, "", problem)
+    try:
+        rows = [(int(index), str(text), int(tokens)) for index, text, tokens in result]
+    except (TypeError, ValueError):
+        return verdict(False, "", f"return a list of (index, text, generated tokens) tuples, got {result!r:.120}")
+    hint = _diagnose(rows, expected)
+    return verdict(not hint, f"your function gives exactly what run(\"batched\") gives, {len(expected)} prompts on "
+                   f"{CHECK_PROCESSES} processes", hint)
+
+
+def _diagnose(rows: list[tuple[int, str, int]], expected: list[tuple[int, str, int]]) -> str:
+    """The first way `rows` differ from the reference, as a hint; empty when they are the same."""
+    indices = [row[0] for row in rows]
+    if sorted(indices) != list(range(len(expected))):
+        return (f"got results for prompts {sorted(indices)}: gather every process's results with gather_object"
+                if len(rows) < len(expected) else "some prompts are missing or doubled")
+    if indices != sorted(indices):
+        return f"the results come in the order {indices}: sort the gathered list by prompt index"
+    if any(CHECK_PROMPTS[index] in text for index, text, _ in rows):
+        return "the prompt is still in the text: keep only output[:, batch['input_ids'].shape[1]:]"
+    if [row[1] for row in rows] == [row[1] for row in expected]:
+        return ("the texts match but the token counts differ: count only up to and including the first EOS; "
+                "what follows it in a batch is padding") if rows != expected else ""
+    return _which_mistake([row[1] for row in rows])
+
+
+def _which_mistake(texts: list[str]) -> str:
+    """Name the usual mistake whose completions `texts` reproduce (right padding, BOS dropped), else a general hint."""
+    model, tokenizer = load_model("tiny")
+    half = len(CHECK_PROMPTS) // CHECK_PROCESSES
+    shares = [CHECK_PROMPTS[start:start + half] for start in range(0, len(CHECK_PROMPTS), half)]
+    for options, hint in (({"padding_side": "right"}, "the rows end in padding: pad on the left (padding_side=\"left\")"),
+                          ({"add_special_tokens": False}, "BOS is missing: keep the special tokens "
+                           "(no add_special_tokens=False)")):
+        wrong = [c.text for share in shares
+                 for c in generate_batched(model, tokenizer, share, CHECK_NEW_TOKENS, CHECK_BATCH, **options)]
+        if wrong == texts:
+            return hint
+    return ("the completions differ from run(\"batched\"): pad on the left, keep BOS, pass the attention mask "
+            "(**batch) and do_sample=False")
+
+
+def check_calls(fn: Callable[[int, int, int], int]) -> bool:
+    """Lesson 4: `fn(prompts, processes, batch_size)` must count the busiest process's generate calls."""
+    for prompts, processes, batch in ((100, 1, 16), (100, 4, 16), (100, 5, 16), (10, 4, 1), (7, 3, 2), (1, 8, 16)):
+        answer, problem = attempt(fn, prompts, processes, batch)
+        expected = calls_on_busiest_rank(prompts, processes, batch)
+        if problem or answer != expected:
+            return verdict(False, "", problem or f"for {prompts} prompts, {processes} processes, batches of {batch}: "
+                           f"you said {answer!r}, the busiest process makes {expected} calls")
+    return verdict(True, "your count matches on every case, the article's table included", "")
+
+
+def check_budget_batches(fn: Callable[[list[int], int, int], list[list[int]]]) -> bool:
+    """Lesson 5: `fn(lengths, new_tokens, budget)` must cover every prompt once, keep to the budget, fill batches, pad less."""
+    _, tokenizer = load_model("tiny")
+    lengths = [len(ids) for ids in tokenizer(varied_prompts()[:60]).input_ids]
+    batches, problem = attempt(fn, lengths, 20, 2048)
+    if problem:
+        return verdict(False, "", problem)
+    if sorted(p for b in batches for p in b) != list(range(len(lengths))):
+        return verdict(False, "", "some prompts are missing or appear twice")
+    over = [b for b in batches if len(b) > 1 and len(b) * (max(lengths[p] for p in b) + 20) > 2048]
+    if over:
+        return verdict(False, "", f"{len(over)} batch(es) hold more than 2048 padded tokens")
+    enough = len(budget_batches(lengths, 20, 2048)) * 3 // 2
+    if len(batches) > enough:
+        return verdict(False, "", f"{len(batches)} batches, where filling each one up to the budget needs at most "
+                       f"{enough}: every generate call costs a pass over the weights, so make them count")
+    return verdict(padding(batches, lengths) < padding(fixed_batches(len(lengths), 16), lengths) / 2,
+                   "every prompt once, within budget, few batches, and less than half the padding of input-order "
+                   "batches", "within budget, but the padding is not even halved: sort by length first")
+
+
+def padding(batches: list[list[int]], lengths: list[int]) -> float:
+    """Padded prompt positions per real prompt token for a set of batches."""
+    padded = sum(len(b) * max(lengths[p] for p in b) - sum(lengths[p] for p in b) for b in batches)
+    return padded / sum(lengths)

@@ -1,0 +1,86 @@
+"""Plain-text views of a run for notebooks and the terminal: the summary, the split, a few completions."""
+
+from __future__ import annotations
+
+import textwrap
+
+from ..engine.results import Completion, RunSummary
+
+
+def mean_batch(summary: RunSummary) -> str:
+    """The mean number of sequences one forward step carried, or a dash when nothing ran."""
+    return "-" if summary.mean_batch_size is None else f"{summary.mean_batch_size:.1f}"
+
+
+def format_summary(summary: RunSummary) -> str:
+    """The run's figures in a few aligned lines."""
+    s = summary
+    return "\n".join([
+        f"mode: {s.mode}  model: {s.model} ({s.dtype})  processes: {s.num_processes} x {s.device}  "
+        f"{s.batching()}  mean batch: {mean_batch(s)}",
+        f"prompts: {s.prompts}{reused(s)}  prompt tokens: {s.prompt_tokens}  "
+        f"generated tokens: {s.generated_tokens} ({s.stopped_at_eos} prompts stopped at EOS)  "
+        f"padding: {s.padding_ratio:.2f} per real token",
+        f"wall time: {s.wall_s:.2f} s  tokens/s: {s.tokens_per_s:.1f}",
+    ])
+
+
+def reused(summary: RunSummary) -> str:
+    """How many completions a resumed run took from its output file instead of generating them."""
+    return f" ({summary.reused} reused from the output file)" if summary.reused else ""
+
+
+def format_split(per_process: list[dict]) -> str:
+    """How many prompts and tokens each process handled."""
+    return "\n".join(f"process {p['process']}: {p['prompts']} prompts ({p['prompt_tokens']} tokens), "
+                     f"{p['generated_tokens']} tokens generated" for p in per_process)
+
+
+def format_completions(results: list[Completion], count: int = 3, width: int = 100) -> str:
+    """The first `count` completions, each with its prompt, token count and why it stopped."""
+    blocks = []
+    for c in results[:count]:
+        text = textwrap.shorten(c.text.replace("\n", " ") or "(empty)", width=width, placeholder=" ...")
+        blocks.append(f"[{c.index}] {c.prompt}\n    -> {text}\n    ({c.generated_tokens} tokens, "
+                      f"stopped by {c.stop_reason})")
+    return "\n".join(blocks)
+
+
+def format_batch(tokenizer, batch) -> str:
+    """A tokenized batch as the model sees it: one row per prompt, padding shown as a dot."""
+    rows = []
+    for ids, mask in zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist()):
+        tokens = [tokenizer.convert_ids_to_tokens(i) if m else "·" for i, m in zip(ids, mask)]
+        rows.append(f"mask {''.join(map(str, mask))}  | " + " ".join(tokens))
+    return "\n".join(rows)
+
+
+def count_identical(these: list[Completion], those: list[Completion]) -> int:
+    """How many prompts got exactly the same generated tokens in two runs."""
+    return sum(a.token_ids == b.token_ids for a, b in zip(these, those))
+
+
+def format_records(records: list[dict | RunSummary]) -> str:
+    """Benchmark records (or run summaries) as an aligned table: one line per configuration."""
+    records = [r.to_dict() if isinstance(r, RunSummary) else r for r in records]
+    ratios = any(r.get("x_input_order") for r in records)
+    lines = [f"{'mode':<11}{'procs':>5}{'batching':>20}{'mean':>6}{'new':>5}{'tokens':>8}{'pad/real':>9}"
+             f"{'wall s':>9}{'tokens/s':>11}{'roofline':>10}"
+             + (f"{'x input order':>15}{'limit':>7}" if ratios else "")]
+    for r in records:
+        s = RunSummary.from_record(r)
+        roof = "-" if r.get("roofline_fraction") is None else f"{r['roofline_fraction']:.0%}"
+        line = (f"{s.mode:<11}{s.num_processes:>5}{s.batching():>20}{mean_batch(s):>6}{s.max_new_tokens:>5}"
+                f"{s.generated_tokens:>8}{s.padding_ratio:>9.2f}{s.wall_s:>9.2f}{s.tokens_per_s:>11.1f}{roof:>10}")
+        if ratios:
+            line += f"{r['x_input_order'] or 0:>14.2f}x{r['padding_free_limit'] or 0:>6.2f}x"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def format_comparison(rows: list[dict]) -> str:
+    """The scaling model against a measured table: calls on the busiest rank, measured and predicted seconds."""
+    lines = [f"{'GPUs':>4}{'calls':>7}{'measured s':>12}{'model s':>9}{'error':>8}"]
+    lines += [f"{r['num_processes']:>4}{r['calls']:>7}{r['measured_s']:>12.1f}{r['predicted_s']:>9.1f}{r['error']:>8.1%}"
+              for r in rows]
+    return "\n".join(lines)

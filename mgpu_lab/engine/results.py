@@ -1,0 +1,93 @@
+"""The typed results of a run: one `Completion` per prompt, one `RunSummary`, and the `RunResult` that holds them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+
+
+@dataclass
+class Completion:
+    """What one prompt produced: text, token ids and honest counts."""
+
+    index: int
+    prompt: str
+    text: str
+    token_ids: list[int] = field(repr=False)
+    prompt_tokens: int
+    generated_tokens: int
+    stop_reason: str  # "eos": the model ended it; "length": max_new_tokens cut it off
+    padded_tokens: int = 0  # positions of this row that held padding: left of the prompt, after its EOS
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """The figures of one run: what ran where, how it batched, honest token counts, wall time and tokens/s."""
+
+    mode: str
+    model: str
+    dtype: str
+    device: str
+    num_processes: int
+    knob: str | None  # the setting that sized the batches: "batch_size", "token_budget", or None (one per call)
+    batch_size: int | None
+    token_budget: int | None
+    mean_batch_size: float | None  # sequences one forward step carried, on average; None when nothing ran
+    max_new_tokens: int
+    prompts: int
+    reused: int  # completions a resumed run took from its output file
+    prompt_tokens: int
+    generated_tokens: int
+    stopped_at_eos: int
+    padded_tokens: int
+    padding_ratio: float  # padded positions per real (prompt or generated) token
+    wall_s: float
+    tokens_per_s: float
+
+    @classmethod
+    def of(cls, settings: dict, results: list[Completion], per_process: list[dict], wall: float) -> RunSummary:
+        """Build the summary of a run from its settings, its ordered results and each process's figures."""
+        generated = sum(c.generated_tokens for c in results)
+        real = sum(c.prompt_tokens + c.generated_tokens for c in results)
+        padded = sum(c.padded_tokens for c in results)
+        calls = sum(p["calls"] for p in per_process)
+        return cls(**settings, prompts=len(results), reused=0,
+                   mean_batch_size=round(sum(p["rows"] for p in per_process) / calls, 2) if calls else None,
+                   prompt_tokens=sum(c.prompt_tokens for c in results), generated_tokens=generated,
+                   stopped_at_eos=sum(c.stop_reason == "eos" for c in results), padded_tokens=padded,
+                   padding_ratio=round(padded / real, 3) if real else 0.0, wall_s=round(wall, 4),
+                   tokens_per_s=round(generated / wall, 2) if wall > 0 else 0.0)
+
+    @classmethod
+    def from_record(cls, record: dict) -> RunSummary:
+        """The summary inside a benchmark record (a record holds every summary field and more)."""
+        return cls(**{f.name: record.get(f.name, 0 if f.name == "reused" else None) for f in fields(cls)})
+
+    def batching(self) -> str:
+        """How the run grouped its prompts, in a few words: the knob and its value."""
+        return f"{self.knob.replace('_', ' ')} {getattr(self, self.knob)}" if self.knob else "one prompt per call"
+
+    def to_dict(self) -> dict:
+        """The summary as plain JSON-ready values, under the same names as its fields."""
+        return asdict(self)
+
+
+@dataclass
+class RunResult:
+    """One result per prompt, in prompt order, and a summary of the run."""
+
+    results: list[Completion]
+    summary: RunSummary
+    per_process: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """The JSON form the command line prints: {"summary": ..., "per_process": ..., "results": [...]}."""
+        return {"summary": self.summary.to_dict(), "per_process": self.per_process,
+                "results": [asdict(c) for c in self.results]}
+
+    def with_reused(self, reused: dict[int, Completion]) -> RunResult:
+        """The result with the completions a resumed run took from its output file put back in prompt order."""
+        if not reused:
+            return self
+        results = sorted([*self.results, *reused.values()], key=lambda c: c.index)
+        return replace(self, results=results,
+                       summary=replace(self.summary, prompts=len(results), reused=len(reused)))

@@ -1,0 +1,1 @@
+"""The command line, the benchmark and its records, doctor, the lessons runner, gpu-check and its probes."""

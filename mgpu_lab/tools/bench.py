@@ -1,0 +1,191 @@
+"""The benchmark: sweep modes x processes x batch sizes x new tokens, warm up, repeat, keep the median, record all."""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import fcntl
+import itertools
+import json
+import os
+import platform
+import statistics
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import accelerate
+import torch
+import transformers
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..course.roofline import bandwidth_for, roofline_fraction
+from ..engine.generate import token_ids
+from ..engine.launch import launch
+from ..engine.models import is_synthetic, load_model
+from ..engine.modes import lookup_mode
+from ..engine.results import RunSummary
+from ..engine.runner import DEFAULTS, RunConfig, check_run, settle_budget, timed_run
+from ..engine.validate import positive_number, whole_number
+
+RECORDS, RECORDS_CSV = "records.jsonl", "records.csv"
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """The grid a benchmark runs, and how often each point is repeated."""
+
+    modes: tuple[str, ...] = ("naive", "batched")
+    num_processes: tuple[int, ...] = (1, 2)
+    batch_sizes: tuple[int, ...] = (DEFAULTS.batch_size,)
+    max_new_tokens: tuple[int, ...] = (DEFAULTS.max_new_tokens,)
+    model: str = DEFAULTS.model
+    prompts: tuple[str, ...] = ()
+    prompt_set: str = "default"
+    repeats: int = 3
+    bandwidth_gbs: float | None = None
+    token_budget: int | None = DEFAULTS.token_budget
+
+    def points(self) -> list[tuple[str, int, int | None, int]]:
+        """Every (mode, processes, batch size, new tokens) to measure; None where the mode's knob is not batch size."""
+        grid = itertools.product(self.modes, self.num_processes, self.batch_sizes, self.max_new_tokens)
+        return list(dict.fromkeys((m, n, b if lookup_mode(m).knob == "batch_size" else None, k)
+                                  for m, n, b, k in grid))
+
+
+def measure_on_this_process(config: RunConfig, repeats: int) -> dict:
+    """Every process runs this: load once, one short warm-up run that is not counted, then `repeats` runs."""
+    accelerator = Accelerator()
+    model, tokenizer = load_model(config.model, accelerator.device)
+    ids = token_ids(tokenizer, config.prompts)  # once, for the warm-up and every repeat
+    config = settle_budget(config, model, ids, accelerator)
+    warm = accelerator.num_processes * 4
+    timed_run(accelerator, model, tokenizer, replace(config, prompts=config.prompts[:warm], max_new_tokens=4), ids)
+    runs = [timed_run(accelerator, model, tokenizer, config, ids).summary for _ in range(repeats)]
+    return {"runs": runs, "device_name": device_name(accelerator.device),
+            "model_params": model.num_parameters(),
+            "model_bytes": model.num_parameters() * model.dtype.itemsize}
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's marketing name, or the CPU's architecture."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"
+
+
+def make_record(sweep: Sweep, measured: dict) -> dict:
+    """One flat-enough record per configuration: the median of the repeats plus everything to compare later."""
+    runs: list[RunSummary] = measured.pop("runs")
+    median = replace(runs[0], wall_s=statistics.median(r.wall_s for r in runs),
+                     tokens_per_s=round(statistics.median(r.tokens_per_s for r in runs), 2))
+    return {**median.to_dict(), "prompt_set": sweep.prompt_set, "synthetic": is_synthetic(sweep.model),
+            "repeats": len(runs), "wall_s_all": [r.wall_s for r in runs], **measured,
+            **roofline_columns(median, measured, sweep.bandwidth_gbs),
+            "versions": {"mgpu_lab": __version__, "torch": torch.__version__,
+                         "transformers": transformers.__version__, "accelerate": accelerate.__version__},
+            "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def roofline_columns(summary: RunSummary, measured: dict, bandwidth_gbs: float | None) -> dict:
+    """Bandwidth used and the fraction of the memory-bandwidth bound reached, when the GPU is known."""
+    bandwidth = bandwidth_gbs or bandwidth_for(measured["device_name"])
+    if bandwidth is None:
+        return {"bandwidth_gbs": None, "roofline_fraction": None}
+    if not summary.mean_batch_size:  # no prompts, no batch
+        return {"bandwidth_gbs": bandwidth, "roofline_fraction": None}
+    fraction = roofline_fraction(summary.tokens_per_s, summary.num_processes, bandwidth,
+                                 measured["model_bytes"], summary.mean_batch_size)
+    return {"bandwidth_gbs": bandwidth, "roofline_fraction": round(fraction, 4)}
+
+
+def check_sweep(sweep: Sweep) -> None:
+    """Every point of the sweep checked as one run is (check_run), before any process starts."""
+    for name in ("modes", "num_processes", "batch_sizes", "max_new_tokens"):
+        values = getattr(sweep, name)
+        if not isinstance(values, (list, tuple)) or not values:
+            raise TypeError(f"{name} must be a non-empty tuple, got {values!r}.")
+    whole_number("repeats", sweep.repeats)
+    if sweep.bandwidth_gbs is not None:
+        positive_number("bandwidth_gbs", sweep.bandwidth_gbs)
+    for mode, processes, batch, new_tokens in itertools.product(sweep.modes, sweep.num_processes,
+                                                                 sweep.batch_sizes, sweep.max_new_tokens):
+        check_run(mode, sweep.model, sweep.prompts, processes, token_budget=sweep.token_budget,
+                  max_new_tokens=new_tokens, batch_size=batch)
+
+
+def run_sweep(sweep: Sweep, progress: bool = True, out_dir: Path | None = None) -> list[dict]:
+    """Measure every point of the sweep, each in a fresh launch; save each record to `out_dir` as it is made.
+
+    Without a given token budget, the first point that needs one measures it and every later point (with the
+    same new tokens) reuses it, so the modes are compared at one budget.
+    """
+    check_sweep(sweep)
+    records, budgets = [], {}
+    for mode, processes, batch, new_tokens in tqdm(sweep.points(), desc="bench", disable=not progress):
+        config = RunConfig(mode=mode, model=sweep.model, prompts=sweep.prompts, max_new_tokens=new_tokens,
+                           batch_size=batch or DEFAULTS.batch_size,
+                           token_budget=sweep.token_budget or budgets.get(new_tokens))
+        measured = launch(measure_on_this_process, config, sweep.repeats, num_processes=processes, verbose=False)
+        records.append(make_record(sweep, measured))
+        if out_dir is not None:
+            save_records(records[-1:], out_dir)
+        if records[-1]["token_budget"]:
+            budgets.setdefault(new_tokens, records[-1]["token_budget"])
+    return records
+
+
+def save_records(records: list[dict], out_dir: Path) -> tuple[Path, Path]:
+    """Append the records to records.jsonl in one write (no reader sees half a line); rebuild records.csv."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jsonl, table = out_dir / RECORDS, out_dir / RECORDS_CSV
+    data = "".join(json.dumps(r, allow_nan=False) + "\n" for r in records).encode()
+    handle = os.open(jsonl, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # writers take turns, so the last csv holds every record
+        if os.write(handle, data) != len(data):
+            raise OSError(f"{jsonl}: the disk took only part of the records (is it full?)")
+        _write_csv(load_records(jsonl), out_dir, table)
+    finally:
+        os.close(handle)
+    return jsonl, table
+
+
+def _write_csv(everything: list[dict], out_dir: Path, table: Path) -> None:
+    """Every record as a csv row, written aside and renamed in, so a reader never sees half a file."""
+    columns = list(dict.fromkeys(key for r in everything for key in r))
+    staging = out_dir / f".records-{os.getpid()}.csv"  # this process's own; the rename swaps it in whole
+    with staging.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()}
+                         for r in everything)
+    staging.replace(table)
+
+
+def load_records(path: Path) -> list[dict]:
+    """Records written by save_records (the .jsonl file); a line still being written (no newline yet) is left out."""
+    text = Path(path).read_text(encoding="utf-8")
+    return [json.loads(line) for line in text[: text.rfind("\n") + 1].split("\n") if line.strip()]
+
+
+def against_input_order(records: list[dict]) -> list[dict]:
+    """Each record's tokens/s over input-order batches (mode batched) on the same processes and new tokens,
+    beside the padding-free limit (1 + padding of input order) / (1 + padding of the mode)."""
+    runs = [RunSummary.from_record(r) for r in records]
+    base = {(s.num_processes, s.max_new_tokens): s for s in runs if s.mode == "batched"}
+    rows = []
+    for r, s in zip(records, runs):
+        b = base.get((s.num_processes, s.max_new_tokens))
+        rows.append({**r, "x_input_order": round(s.tokens_per_s / b.tokens_per_s, 2) if b else None,
+                     "padding_free_limit": round((1 + b.padding_ratio) / (1 + s.padding_ratio), 2) if b else None})
+    return rows
+
+
+def speedups(records: list[dict]) -> list[dict]:
+    """Each record's tokens/s relative to the same mode and batch size on the fewest processes."""
+    runs = [RunSummary.from_record(r) for r in records]
+    base: dict = {}
+    for s in sorted(runs, key=lambda s: s.num_processes):
+        base.setdefault((s.mode, s.batch_size, s.max_new_tokens), s.tokens_per_s)
+    return [{**r, "speedup": round(s.tokens_per_s / base[(s.mode, s.batch_size, s.max_new_tokens)], 2)}
+            for r, s in zip(records, runs)]

@@ -1,0 +1,84 @@
+"""Data parallelism: every prompt gets exactly one result, in order, whatever the number of processes."""
+
+import pytest
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+
+from mgpu_lab.engine.runner import in_prompt_order, run, split_for_rank
+from mgpu_lab.engine.generate import generate_naive
+from mgpu_lab.engine.results import Completion
+from mgpu_lab.engine.launch import LaunchError, launch
+from mgpu_lab.engine.prompts import default_prompts
+
+pytestmark = pytest.mark.multiprocess
+
+
+def gathered_shares(count: int) -> list:
+    """Each rank's share of `count` items, gathered: what split_for_rank hands out."""
+    accelerator = Accelerator()
+    return gather_object([[i for i, _ in split_for_rank(list(enumerate(range(count))), accelerator)]])
+
+
+@pytest.mark.parametrize("count, processes", [(0, 2), (1, 2), (2, 3), (10, 4), (100, 3), (7, 1)])
+def test_split_gives_every_item_once(count, processes):
+    shares = launch(gathered_shares, count, num_processes=processes, verbose=False)
+    assert len(shares) == processes
+    assert sorted(i for share in shares for i in share) == list(range(count))
+
+
+def completion(index: int) -> Completion:
+    return Completion(index, "p", "t", [1], 1, 1, "length")
+
+
+def test_order_is_restored_and_checked():
+    assert [c.index for c in in_prompt_order([completion(2), completion(0), completion(1)], [0, 1, 2])] == [0, 1, 2]
+    with pytest.raises(RuntimeError, match="missing or doubled"):
+        in_prompt_order([completion(0), completion(0), completion(2)], [0, 1, 2])
+
+
+PROMPTS = default_prompts(repeat=1) + ["A last, odd prompt."]  # 11: uneven over 2 and 3 processes
+
+
+@pytest.fixture(scope="module")
+def reference(tiny):
+    model, tokenizer = tiny
+    return [c.token_ids for c in generate_naive(model, tokenizer, PROMPTS, 12)]
+
+
+@pytest.mark.parametrize("mode", ["naive", "batched"])
+@pytest.mark.parametrize("processes", [1, 2, 3])
+def test_same_results_in_same_order_for_1_2_3_processes(reference, mode, processes):
+    result = run(mode, "tiny", PROMPTS, num_processes=processes, max_new_tokens=12, batch_size=3, verbose=False)
+    assert [c.prompt for c in result.results] == PROMPTS
+    assert [c.token_ids for c in result.results] == reference
+    summary = result.summary
+    assert summary.num_processes == processes and summary.prompts == len(PROMPTS)
+    assert summary.generated_tokens == sum(len(ids) for ids in reference)
+    assert summary.tokens_per_s == pytest.approx(summary.generated_tokens / summary.wall_s, rel=1e-3)
+    assert sum(p["prompts"] for p in result.per_process) == len(PROMPTS)
+
+
+def test_more_processes_than_prompts_leaves_some_idle():
+    result = run("batched", "tiny", PROMPTS[:2], num_processes=3, max_new_tokens=4, verbose=False)
+    assert [c.prompt for c in result.results] == PROMPTS[:2]
+    assert [p["prompts"] for p in result.per_process] == [1, 1, 0]
+
+
+def test_empty_prompt_list_gives_an_empty_result():
+    result = run("naive", "tiny", [], num_processes=2, max_new_tokens=4, verbose=False)
+    assert result.results == [] and result.summary.generated_tokens == 0
+
+
+def test_error_in_a_process_names_the_global_prompt_index():
+    with pytest.raises(LaunchError, match="Prompt 10 has .* tokens"):
+        run("naive", "tiny", PROMPTS[:10] + ["word " * 300], num_processes=2, max_new_tokens=4, verbose=False)
+
+
+def test_an_empty_prompt_fails_before_launch():
+    with pytest.raises(ValueError, match=r"prompts\[10\] is empty"):
+        run("naive", "tiny", PROMPTS[:10] + [""], num_processes=2, max_new_tokens=4, verbose=False)
+
+
+def test_unknown_mode_fails_before_launch():
+    with pytest.raises(ValueError, match="Known modes: naive, batched"):
+        run("speculative", "tiny", PROMPTS)

@@ -1,0 +1,137 @@
+"""The command line: stable JSON on stdout, errors as one readable line, torchrun without a second launch."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.multiprocess
+
+
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run `python -m mgpu_lab ARGS` and capture its output."""
+    return subprocess.run([sys.executable, "-m", "mgpu_lab", *args], capture_output=True, text=True,
+                          check=check, timeout=300)
+
+
+def test_batched_json_is_the_only_stdout(tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("one prompt\n\nanother prompt\nthird\n", encoding="utf-8")
+    done = cli("batched", "--json", "--prompts", str(prompts), "--max-new-tokens", "5", "--batch-size", "2")
+    record = json.loads(done.stdout)
+    summary = record["summary"]
+    assert isinstance(summary["tokens_per_s"], float) and summary["generated_tokens"] > 0
+    assert [r["prompt"] for r in record["results"]] == ["one prompt", "another prompt", "third"]
+    assert {"prompt", "text", "generated_tokens"} <= record["results"][0].keys()
+    assert "Skipped 1 empty line" in done.stderr
+
+
+def test_naive_human_output_shows_summary_and_split():
+    out = cli("naive", "--max-new-tokens", "3").stdout
+    assert "tokens/s:" in out and "process 1: 50 prompts" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["batched", "--model", "no/such/model"], "error: Model 'no/such/model' was not found"),
+    (["batched", "--prompts", "missing.txt"], "error: Prompt file missing.txt does not exist"),
+    (["batched", "--batch-size", "0"], "must be >= 1"),
+    (["hello", "--num-processes", "0"], "must be >= 1"),
+])
+def test_mistakes_are_one_line_errors(args, message):
+    done = cli(*args, check=False)
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_torchrun_batched_json_prints_once():
+    done = subprocess.run(["torchrun", "--nproc_per_node", "2", "-m", "mgpu_lab", "batched", "--json",
+                           "--max-new-tokens", "4"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert record["summary"]["num_processes"] == 2 and len(record["results"]) == 100
+
+
+LEFTOVER = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29517"}
+
+
+def cli_env(*args: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """Run the CLI with extra environment variables, never checking its exit code."""
+    streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **kwargs}
+    return subprocess.run([sys.executable, "-m", "mgpu_lab", *args], text=True, timeout=300,
+                          env={**os.environ, **(env or {})}, **streams)
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["bench", "--out", "FILE"], {}, "--out FILE is a file, not a folder"),
+    (["bench", "--out", "/proc/mgpu_lab"], {}, "--out /proc/mgpu_lab is not a writable folder"),
+    (["bench", "--plot", "/proc/scaling.png"], {}, "the folder of --plot /proc is not a writable folder"),
+    (["bench", "--plot", "scaling.txt"], {}, "does not end in a known image format"),
+    (["bench", "--bandwidth-gbs", "-5"], {}, "--bandwidth-gbs: it must be a finite number above 0, got -5.0"),
+    (["bench", "--bandwidth-gbs", "nan"], {}, "it must be a finite number above 0, got nan"),
+    (["bench", "--num-processes", "1,2"], {**LEFTOVER, "TORCHELASTIC_RUN_ID": "x"}, "pass --num-processes 2"),
+    (["doctor", "--port", "70000"], {}, "--port: it must be a TCP port from 1 to 65535, got 70000"),
+    (["batched", "--model", ""], {}, "The model name is empty"),
+    (["batched", "--prompts", "."], {}, "Prompt file . is a folder, not a file"),
+    (["batched", "--max-new-tokens", "x"], {}, "expected a whole number, got 'x'"),
+    (["batched", "--model", "small"], {"MGPU_LAB_CACHE": "/proc/mgpu_lab"},
+     "the preset cache (MGPU_LAB_CACHE) /proc/mgpu_lab is not a writable folder"),
+    (["batched"], LEFTOVER, "no torchrun started this process"),
+    (["hello"], {"RANK": "1"}, "Only some torchrun variables are set (RANK;"),
+    (["naive", "--num-processes", "3"], {**LEFTOVER, "TORCHELASTIC_RUN_ID": "x"}, "WORLD_SIZE=2, but 3 process"),
+])
+def test_hostile_inputs_are_one_line_before_any_work(tmp_path, args, env, message):
+    (tmp_path / "FILE").write_text("x")
+    done = cli_env(*args, env=env, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "Launching" not in done.stdout and not (tmp_path / "records.jsonl").exists()
+
+
+def test_prompts_from_standard_input():
+    done = cli_env("batched", "--json", "--prompts", "-", "--max-new-tokens", "2", "--num-processes", "1",
+                   input="\ufeffHello there\r\nSecond\u2028line\n")
+    assert done.returncode == 0, done.stderr
+    assert [r["prompt"] for r in json.loads(done.stdout)["results"]] == ["Hello there", "Second\u2028line"]
+
+
+def test_a_full_disk_on_stdout_is_one_line():
+    with open("/dev/full", "w") as full:
+        done = cli_env("hello", "--num-processes", "1", stdout=full)
+    assert done.returncode == 1
+    assert done.stderr.strip() == "error: could not write the results (No space left on device)."
+
+
+def test_a_closed_pipe_on_stdout_is_one_line():
+    with subprocess.Popen([sys.executable, "-m", "mgpu_lab", "hello", "--num-processes", "1"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        process.stdout.close()
+        stderr = process.stderr.read()
+    assert process.returncode == 1
+    assert stderr.strip() == "error: standard output was closed before the results were written."
+
+
+def test_an_unwritable_plot_after_the_sweep_is_one_line_and_keeps_the_records(monkeypatch, tmp_path, capsys):
+    from mgpu_lab import __main__ as cli_main
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(tmp_path / "s.png"))
+
+    record = {"mode": "batched", "num_processes": 1, "max_new_tokens": 5, "tokens_per_s": 10.0, "padding_ratio": 0.5}
+    monkeypatch.setattr(cli_main, "run_sweep", lambda sweep, progress, out_dir: [record])
+    monkeypatch.setattr(cli_main, "plot_scaling", lambda records, mode: type("F", (), {"savefig": full_disk})())
+    code = cli_main.main(["bench", "--out", str(tmp_path), "--plot", str(tmp_path / "s.png"), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 1 and json.loads(out) == {**record, "x_input_order": 1.0, "padding_free_limit": 1.0}
+    assert err == f"error: could not write {tmp_path / 's.png'} (No space left on device).\n"
+
+
+def test_cli_starts_without_the_jupyter_packages():
+    # a GPU box with a minimal stack: nbformat/nbclient/IPython missing must not stop `python -m mgpu_lab`
+    blocked = "import sys; [sys.modules.__setitem__(m, None) for m in ('nbformat', 'nbclient', 'IPython')]; "
+    done = subprocess.run([sys.executable, "-c", blocked + "from mgpu_lab.__main__ import main; "
+                           "sys.exit(main(['hello', '--num-processes', '1']))"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Hello from process 0 of 1" in done.stdout
