@@ -66,7 +66,7 @@ def test_forced_length_generates_every_token(tiny):
 
 
 @pytest.mark.parametrize("prompts, new_tokens, batch_size, message", [
-    (["fine", "  "], 4, 2, "Prompt 1 is empty"),
+    (["fine", "  "], 4, 2, r"prompts\[1\] is empty"),
     (["word " * 400], 4, 2, "Prompt 0 has .* tokens"),
     (["fine"], 0, 2, "max_new_tokens must be >= 1"),
     (["fine"], 4, 0, "batch_size must be >= 1"),

@@ -13,6 +13,7 @@ from mgpu_lab.engine.modes import MODES
 from mgpu_lab.engine.prompts import default_prompts
 from mgpu_lab.course.roofline import bandwidth_for, roofline_fraction, tokens_per_s_bound
 from mgpu_lab.course.staircase import calls_on_busiest_rank, compare_with_article, predict_wall
+from mgpu_lab.engine.results import RunSummary
 
 pytestmark = pytest.mark.multiprocess
 
@@ -59,11 +60,11 @@ def test_speedups_are_relative_to_one_process(records):
 
 
 def test_roofline_fraction_in_records_when_bandwidth_is_given():
-    measured = {"runs": [{"mode": "batched", "model": "m", "dtype": "bfloat16", "device": "cuda",
+    measured = {"runs": [RunSummary.from_record({"mode": "batched", "model": "m", "dtype": "bfloat16", "device": "cuda",
                           "num_processes": 1, "knob": "batch_size", "batch_size": 16, "token_budget": None,
                           "mean_batch_size": 16.0, "max_new_tokens": 100,
                           "prompts": 100, "prompt_tokens": 1, "generated_tokens": 10000, "padded_tokens": 0,
-                          "padding_ratio": 0.0, "wall_s": 19.2, "tokens_per_s": 520.0}],
+                          "padding_ratio": 0.0, "wall_s": 19.2, "tokens_per_s": 520.0})],
                 "device_name": "NVIDIA GeForce RTX 3090", "model_params": 6.74e9, "model_bytes": int(13.5e9)}
     record = make_record(Sweep(model="m"), measured)
     assert record["bandwidth_gbs"] == 936
@@ -148,7 +149,7 @@ def test_roofline_uses_the_mean_batch_size():
            "knob": "token_budget", "batch_size": None, "token_budget": 4096, "mean_batch_size": 12.5,
            "max_new_tokens": 100, "prompts": 100, "prompt_tokens": 1, "generated_tokens": 10000, "padded_tokens": 0,
            "padding_ratio": 0.0, "wall_s": 10.0, "tokens_per_s": 1000.0}
-    record = make_record(Sweep(model="m"), {"runs": [run], "device_name": "NVIDIA GeForce RTX 3090",
+    record = make_record(Sweep(model="m"), {"runs": [RunSummary.from_record(run)], "device_name": "NVIDIA GeForce RTX 3090",
                                             "model_params": 6.74e9, "model_bytes": int(13.5e9)})
     assert record["roofline_fraction"] == pytest.approx(1000 / (2 * 12.5 * 936e9 / 13.5e9), rel=1e-3)
 

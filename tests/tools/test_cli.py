@@ -113,7 +113,7 @@ def test_a_closed_pipe_on_stdout_is_one_line():
 
 
 def test_an_unwritable_plot_after_the_sweep_is_one_line_and_keeps_the_records(monkeypatch, tmp_path, capsys):
-    from mgpu_lab import __main__ as cli_main
+    from mgpu_lab.tools import cli as cli_main
 
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device", str(tmp_path / "s.png"))
@@ -130,7 +130,7 @@ def test_an_unwritable_plot_after_the_sweep_is_one_line_and_keeps_the_records(mo
 def test_cli_starts_without_the_jupyter_packages():
     # a GPU box with a minimal stack: nbformat/nbclient/IPython missing must not stop `python -m mgpu_lab`
     blocked = "import sys; [sys.modules.__setitem__(m, None) for m in ('nbformat', 'nbclient', 'IPython')]; "
-    done = subprocess.run([sys.executable, "-c", blocked + "from mgpu_lab.__main__ import main; "
+    done = subprocess.run([sys.executable, "-c", blocked + "from mgpu_lab.tools.cli import main; "
                            "sys.exit(main(['hello', '--num-processes', '1']))"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
