@@ -82,3 +82,14 @@ def test_an_empty_prompt_fails_before_launch():
 def test_unknown_mode_fails_before_launch():
     with pytest.raises(ValueError, match="Known modes: naive, batched"):
         run("speculative", "tiny", PROMPTS)
+
+
+def test_the_json_summary_keeps_the_names_it_had_as_a_dict():
+    # the command line's --json printed these keys, in this order, before the summary became a dataclass
+    names = ["mode", "model", "dtype", "device", "num_processes", "knob", "batch_size", "token_budget",
+             "mean_batch_size", "max_new_tokens", "prompts", "reused", "prompt_tokens", "generated_tokens",
+             "stopped_at_eos", "padded_tokens", "padding_ratio", "wall_s", "tokens_per_s"]
+    result = run("batched", "tiny", PROMPTS[:3], num_processes=1, max_new_tokens=3, verbose=False)
+    summary = result.to_dict()["summary"]
+    assert list(summary) == names
+    assert summary["prompts"] == 3 and summary["knob"] == "batch_size" and summary["token_budget"] is None
