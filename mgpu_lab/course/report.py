@@ -27,7 +27,8 @@ def format_summary(summary: RunSummary) -> str:
 
 def reused(summary: RunSummary) -> str:
     """How many completions a resumed run took from its output file instead of generating them."""
-    return f" ({summary.reused} reused from the output file)" if summary.reused else ""
+    dropped = "; its unfinished last line dropped" if summary.partial_dropped else ""
+    return f" ({summary.reused} reused from the output file{dropped})" if summary.reused or dropped else ""
 
 
 def format_split(per_process: list[dict]) -> str:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Iterator
 
@@ -27,6 +29,7 @@ from ..paths import CONFIGS, TINY, cache_dir
 SHAPE_PREFIX = "shape:"
 SEED = 0
 SMALL_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+DIGEST_FILE = "digest.json"  # the sha256 of each of SMALL_FILES, as the build wrote them; written last
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer.model.v3", "spiece.model", "vocab.json", "vocab.txt")
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
@@ -60,6 +63,22 @@ def presets() -> list[str]:
     """Every preset name the kit knows: tiny, small and the shape:* architectures."""
     shapes = sorted(p.stem for p in CONFIGS.glob("*.json") if p.stem != "small")
     return ["tiny", "small"] + [SHAPE_PREFIX + s for s in shapes]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """A dtype as the summary and the output file name it: float32, bfloat16, float16."""
+    return str(dtype).removeprefix("torch.")
+
+
+def model_identity(name: str) -> str:
+    """What a model name stands for, as an output file records it: a folder resolved, a preset with its source."""
+    if name == "small":
+        return small_folder().name  # small-<digest of its config and tokenizer>
+    if name == "tiny":
+        return f"tiny-{_sha256(TINY / 'model.safetensors')[:12]}"
+    if is_synthetic(name):
+        return f"{name}-{_sha256(CONFIGS / (name.removeprefix(SHAPE_PREFIX) + '.json'))[:12]}"
+    return str(Path(_checkpoint(name)).resolve())
 
 
 def is_synthetic(name: str) -> bool:
@@ -113,7 +132,20 @@ def load_model(name: str, device: torch.device | str = "cpu", dtype: torch.dtype
         model, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map={"": device},
                                                            output_loading_info=True)
     check_weights(name, info, strict)
+    check_finite(name, model)
     return model.eval(), tokenizer
+
+
+def check_finite(name: str, model: PreTrainedModel) -> None:
+    """Refuse weights holding NaN or infinity (a diverged fine-tune, a damaged file): every text would be empty.
+
+    One fp32 sum per tensor (NaN and infinity survive a sum): one read of the weights, no copy; see the README.
+    """
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p.sum(dtype=torch.float32))]
+    if bad:
+        raise ModelLoadError(f"Checkpoint {name!r} holds NaN or infinite weights in {len(bad)} tensor(s) "
+                             f"({_some(bad)}): it cannot generate text. Fix: download the checkpoint again, or use "
+                             "one saved before training diverged.")
 
 
 def check_weights(name: str, info: dict, strict: bool = True) -> None:
@@ -142,12 +174,14 @@ def check_checkpoint(folder: Path) -> None:
     if not weights:
         raise ModelLoadError(f"Model folder {folder} has no weights (no *.safetensors or pytorch_model*.bin). {fix}")
     for path in weights:
-        if path.suffix == ".safetensors":
-            try:
-                safe_open(path, "pt").keys()
-            except SafetensorError as error:
-                raise ModelLoadError(f"Weights file {path} is truncated or damaged ({error}). "
-                                     "Fix: download that file again.") from None
+        try:
+            if path.suffix == ".safetensors":
+                safe_open(path, "pt").keys()  # reads the header, which places every tensor in the file
+            else:
+                zipfile.ZipFile(path).close()  # torch.save's zip archive: its directory is at the end of the file
+        except (SafetensorError, zipfile.BadZipFile, OSError) as error:
+            raise ModelLoadError(f"Weights file {path} is truncated or damaged ({error}). "
+                                 "Fix: download that file again.") from None
 
 
 def check_causal_lm(folder: Path) -> None:
@@ -173,7 +207,7 @@ def check_fits(name: str, device: torch.device, dtype: torch.dtype) -> None:
     have, where = device_memory(device)
     if need > have:
         raise ModelLoadError(
-            f"{name} needs {need / 1e9:.1f} GB per process in {str(dtype).removeprefix('torch.')}, but {where} "
+            f"{name} needs {need / 1e9:.1f} GB per process in {dtype_name(dtype)}, but {where} "
             f"leaves {have / 1e9:.1f} GB. Fix: use fewer processes, a bigger GPU, or a smaller model (--model small).")
 
 
@@ -193,23 +227,52 @@ def _some(names) -> str:
     return ", ".join(names[:SHOWN]) + more
 
 
-def small_checkpoint() -> Path:
-    """The `small` preset's folder, built once from assets/configs/small.json with a fixed seed, then cached."""
+def small_folder() -> Path:
+    """Where the `small` preset is cached: a folder named by a digest of what it is built from."""
     config_text = (CONFIGS / "small.json").read_bytes() + (TINY / "tokenizer.json").read_bytes()
-    key = hashlib.sha256(config_text).hexdigest()[:12]
-    folder = cache_dir() / f"small-{key}"
-    if not _is_complete(folder):
+    return cache_dir() / f"small-{hashlib.sha256(config_text).hexdigest()[:12]}"
+
+
+def small_checkpoint() -> Path:
+    """The `small` preset's folder, built once from assets/configs/small.json with a fixed seed, then cached.
+
+    A cached folder whose files no longer match the digests its build recorded is built again (said on stderr).
+    """
+    folder = small_folder()
+    if not _is_sound(folder):
         folder.parent.mkdir(parents=True, exist_ok=True)
-        with open(folder.parent / f".small-{key}.lock", "w") as lock:
+        with open(folder.parent / f".{folder.name}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # processes that start together build it once, one after another
-            if not _is_complete(folder):
+            if not _is_sound(folder):
+                if _is_complete(folder):
+                    print(f"NOTE: the small preset in {folder} changed since it was built (its digest differs): "
+                          "building it again.", file=sys.stderr)
                 _build_small(folder)
     return folder
 
 
 def _is_complete(folder: Path) -> bool:
-    """True when `folder` holds every file of a loadable checkpoint (an interrupted or older build may not)."""
-    return all((folder / name).is_file() for name in SMALL_FILES)
+    """True when `folder` holds every file of a built preset (an interrupted or older build may not)."""
+    return all((folder / name).is_file() for name in (*SMALL_FILES, DIGEST_FILE))
+
+
+def _is_sound(folder: Path) -> bool:
+    """True when `folder` is complete and each file still has the digest its build recorded."""
+    try:
+        return _is_complete(folder) and json.loads((folder / DIGEST_FILE).read_text()) == _digests(folder)
+    except (OSError, ValueError):
+        return False
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    """The sha256 of each file of a built preset (about one read of the weights: 0.2 s for small)."""
+    return {name: _sha256(folder / name) for name in SMALL_FILES}
+
+
+def _sha256(path: Path) -> str:
+    """A file's sha256, in hex."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _build_small(folder: Path) -> None:
@@ -226,8 +289,9 @@ def _build_small(folder: Path) -> None:
     save_model(model, str(staging / "model.safetensors"), metadata={"format": "pt"})
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(TINY / name, staging / name)
+    (staging / DIGEST_FILE).write_text(json.dumps(_digests(staging), indent=1) + "\n")
     if not _is_complete(staging):
-        raise RuntimeError(f"Building the small preset in {staging} left out a file of {SMALL_FILES}.")
+        raise RuntimeError(f"Building the small preset in {staging} left out one of its files.")
     shutil.rmtree(folder, ignore_errors=True)  # what an interrupted or older build may have left
     staging.rename(folder)
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import itertools
 import json
 import math
+import os
 import random
 import sys
 from pathlib import Path
 
 from ..paths import PROMPTS
+from .validate import unique_keys
 
 FIRST_LINES = [
     "The King is dead. Long live the Queen.",
@@ -33,6 +36,9 @@ VARIED = PROMPTS / "varied.txt"
 
 
 TEXT_SUFFIXES = ("", ".txt", ".text", ".prompts")
+# The most a prompt file (or standard input) may hold: every process keeps all the prompts and their token ids,
+# and `yes | ... --prompts -` must end in an error, not fill the memory. 64 MiB is ~16M tokens, far past any run.
+MAX_BYTES = 64 * 2**20
 
 
 class PromptFileError(ValueError):
@@ -83,7 +89,7 @@ def load_prompts(path: str | Path) -> tuple[list[str], int]:
 def _read_lines(path: str | Path) -> list[str]:
     """The lines of a UTF-8 file (standard input for "-"): BOM dropped, split on \\n, \\r\\n and \\r only."""
     if str(path) == "-":
-        data, path = sys.stdin.buffer.read(), "<standard input>"
+        data, path = _read_stdin(), "<standard input>"
     else:
         data = _read_bytes(Path(path))
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
@@ -100,15 +106,37 @@ def _read_lines(path: str | Path) -> list[str]:
     return lines[:-1] if lines[-1] == "" else lines
 
 
+def _read_stdin() -> bytes:
+    """Standard input's bytes, up to MAX_BYTES; closed standard input is named."""
+    if sys.stdin is None or sys.stdin.closed:
+        raise PromptFileError("--prompts - reads standard input, but it is closed. "
+                              "Fix: pipe the prompts in (`... --prompts - < my.txt`), or pass --prompts my.txt.")
+    return _bounded(sys.stdin.buffer, "<standard input>")
+
+
+def _bounded(handle, name: object) -> bytes:
+    """What `handle` holds, refused past MAX_BYTES (an endless stream, a huge file) without reading it all."""
+    data = handle.read(MAX_BYTES + 1)
+    if len(data) > MAX_BYTES:
+        raise PromptFileError(f"Prompt file {name} holds more than {MAX_BYTES // 2**20} MiB (endless input?). "
+                              "Fix: pass a smaller prompt file, or split the prompts over several runs.")
+    return data
+
+
 def _read_bytes(path: Path) -> bytes:
-    """A file's bytes, or an error that says why it cannot be read: missing, a folder, or not allowed."""
-    if path.is_dir():
-        raise PromptFileError(f"Prompt file {path} is a folder, not a file. Fix: pass a file inside it.")
-    if not path.exists():
-        raise PromptFileError(f"Prompt file {path} does not exist. Fix: check the path.")
+    """A file's bytes, or an error that says why it cannot be read: missing, a folder, a link loop, not allowed."""
     try:
-        return path.read_bytes()
+        with open(path, "rb") as handle:
+            return _bounded(handle, path)
+    except IsADirectoryError:
+        raise PromptFileError(f"Prompt file {path} is a folder, not a file. Fix: pass a file inside it.") from None
+    except FileNotFoundError:
+        link = f" (a link to {os.readlink(path)}, which is missing)" if path.is_symlink() else ""
+        raise PromptFileError(f"Prompt file {path} does not exist{link}. Fix: check the path.") from None
     except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise PromptFileError(f"Prompt file {path} is a loop of symbolic links (it never reaches a file). "
+                                  "Fix: point the link at the real file.") from None
         raise PromptFileError(f"Prompt file {path} cannot be read ({error.strerror}). "
                               "Fix: check its permissions.") from None
 
@@ -118,6 +146,9 @@ def _csv_prompts(path: Path, lines: list[str]) -> list[str]:
     reader = csv.DictReader(io.StringIO("\n".join(lines)))
     if reader.fieldnames is None:
         return []
+    if reader.fieldnames.count("prompt") > 1:
+        raise PromptFileError(f'{path} has {reader.fieldnames.count("prompt")} "prompt" columns (its header: '
+                              f'{", ".join(reader.fieldnames)}). Fix: keep one column named "prompt".')
     if "prompt" not in reader.fieldnames:
         raise PromptFileError(f'{path} has no "prompt" column (its header: {", ".join(reader.fieldnames)}). '
                               'Fix: name the column of prompts "prompt" in the first row.')
@@ -130,9 +161,11 @@ def _csv_prompts(path: Path, lines: list[str]) -> list[str]:
 def _jsonl_prompt(path: Path, number: int, line: str) -> str:
     """The "prompt" field of one JSON line, or an error naming the line."""
     try:
-        record = json.loads(line)
+        record = json.loads(line, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as error:
         raise PromptFileError(f"{path}, line {number}: not valid JSON ({error.msg}).") from None
+    except ValueError as error:
+        raise PromptFileError(f"{path}, line {number}: {error}. Fix: give each field once.") from None
     if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
         raise PromptFileError(f'{path}, line {number}: expected an object with a string "prompt" field.')
     return record["prompt"]

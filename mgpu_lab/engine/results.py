@@ -19,6 +19,9 @@ class Completion:
     padded_tokens: int = 0  # positions of this row that held padding: left of the prompt, after its EOS
 
 
+COUNTED = ("reused", "partial_dropped")  # summary fields older benchmark records lack: 0 there
+
+
 @dataclass(frozen=True)
 class RunSummary:
     """The figures of one run: what ran where, how it batched, honest token counts, wall time and tokens/s."""
@@ -35,6 +38,7 @@ class RunSummary:
     max_new_tokens: int
     prompts: int
     reused: int  # completions a resumed run took from its output file
+    partial_dropped: int  # unfinished last lines (0 or 1) a resumed run dropped from its output file
     prompt_tokens: int
     generated_tokens: int
     stopped_at_eos: int
@@ -50,7 +54,7 @@ class RunSummary:
         real = sum(c.prompt_tokens + c.generated_tokens for c in results)
         padded = sum(c.padded_tokens for c in results)
         calls = sum(p["calls"] for p in per_process)
-        return cls(**settings, prompts=len(results), reused=0,
+        return cls(**settings, prompts=len(results), reused=0, partial_dropped=0,
                    mean_batch_size=round(sum(p["rows"] for p in per_process) / calls, 2) if calls else None,
                    prompt_tokens=sum(c.prompt_tokens for c in results), generated_tokens=generated,
                    stopped_at_eos=sum(c.stop_reason == "eos" for c in results), padded_tokens=padded,
@@ -60,7 +64,7 @@ class RunSummary:
     @classmethod
     def from_record(cls, record: dict) -> RunSummary:
         """The summary inside a benchmark record (a record holds every summary field and more)."""
-        return cls(**{f.name: record.get(f.name, 0 if f.name == "reused" else None) for f in fields(cls)})
+        return cls(**{f.name: record.get(f.name, 0 if f.name in COUNTED else None) for f in fields(cls)})
 
     def batching(self) -> str:
         """How the run grouped its prompts, in a few words: the knob and its value."""
@@ -84,10 +88,8 @@ class RunResult:
         return {"summary": self.summary.to_dict(), "per_process": self.per_process,
                 "results": [asdict(c) for c in self.results]}
 
-    def with_reused(self, reused: dict[int, Completion]) -> RunResult:
+    def with_reused(self, reused: dict[int, Completion], partial_dropped: int = 0) -> RunResult:
         """The result with the completions a resumed run took from its output file put back in prompt order."""
-        if not reused:
-            return self
         results = sorted([*self.results, *reused.values()], key=lambda c: c.index)
-        return replace(self, results=results,
-                       summary=replace(self.summary, prompts=len(results), reused=len(reused)))
+        return replace(self, results=results, summary=replace(self.summary, prompts=len(results), reused=len(reused),
+                                                              partial_dropped=partial_dropped))

@@ -15,9 +15,9 @@ from .budget import saturating_rows, token_budget_for
 from .continuous import continuous_items
 from .generate import BatchOutOfMemory, generate_items, token_ids
 from .launch import DEFAULT_TIMEOUT_S, launch
-from .models import check_model, is_synthetic, load_model
+from .models import check_model, dtype_name, is_synthetic, load_model, model_identity
 from .modes import Mode, lookup_mode
-from .output import append_completions, prepare_output
+from .output import OutputFile, append_completions, begin_output, claimed, made_by
 from .progress import Progress, tell, wanted
 from .prompts import default_prompts
 from .results import Completion, RunResult, RunSummary
@@ -37,7 +37,7 @@ class RunConfig:
     max_new_tokens: int = defaults.MAX_NEW_TOKENS
     batch_size: int = defaults.BATCH_SIZE
     token_budget: int | None = None  # None: budget.py's rule picks one for this model, device and prompts
-    output: str | None = None  # a .jsonl file every completion is appended to as it is produced
+    output: OutputFile | None = None  # the checked .jsonl file every completion is appended to as it is produced
     skip: frozenset[int] = frozenset()  # indices whose completions the output file already holds (resume)
 
 
@@ -78,6 +78,8 @@ def run_on_this_process(config: RunConfig) -> RunResult:
     """The function every process runs: join the group, load the model, tokenize once, then one timed run."""
     accelerator = Accelerator()
     model, tokenizer = load_model(config.model, accelerator.device)
+    if config.output:
+        begin_output(config.output, dtype_name(model.dtype), accelerator.is_main_process)
     ids = token_ids(tokenizer, config.prompts)
     return timed_run(accelerator, model, tokenizer, settle_budget(config, model, ids, accelerator), ids)
 
@@ -113,7 +115,7 @@ def timed_run(accelerator: Accelerator, model, tokenizer, config: RunConfig, ids
     accelerator.wait_for_everyone()
     wall = time.perf_counter() - start
     results = in_prompt_order(gathered, [i for i, _ in todo])
-    settings = {"mode": config.mode, "model": config.model, "dtype": str(model.dtype).removeprefix("torch."),
+    settings = {"mode": config.mode, "model": config.model, "dtype": dtype_name(model.dtype),
                 "device": accelerator.device.type, "num_processes": accelerator.num_processes, "knob": mode.knob,
                 **{knob: getattr(config, knob) if knob == mode.knob else None for knob in KNOBS},
                 "max_new_tokens": config.max_new_tokens}
@@ -128,7 +130,7 @@ def generate_share(model, tokenizer, share: list[Item], ids: Tokens, mode: Mode,
 
     def produced(done: list[Completion]) -> None:
         if config.output:
-            append_completions(config.output, done)
+            append_completions(config.output.path, done)
         tell(len(done), sum(c.generated_tokens for c in done))
 
     if mode.batches is None:  # the scheduler forms a new batch at every step
@@ -165,12 +167,13 @@ def run(mode: str = DEFAULTS.mode, model: str = DEFAULTS.model, prompts: list[st
     `cpu=True`: CPU processes (fp32) even where GPUs exist.
     """
     prompts = check_run(mode, model, default_prompts() if prompts is None else prompts, num_processes,
-                        token_budget=token_budget, timeout=timeout, output=output,
+                        token_budget=token_budget, timeout=timeout, output=output, resume=resume,
                         max_new_tokens=max_new_tokens, batch_size=batch_size)
-    reused = prepare_output(output, list(prompts), resume) if output else {}
-    config = RunConfig(mode=mode, model=model, prompts=prompts, max_new_tokens=max_new_tokens,
-                       batch_size=batch_size, token_budget=token_budget, output=output, skip=frozenset(reused))
-    bar = Progress(total=len(prompts), done=len(reused)) if wanted(progress) else None
-    result = launch(run_on_this_process, config, num_processes=num_processes, verbose=verbose, progress=bar,
-                    timeout=timeout, cpu=cpu)
-    return result.with_reused(reused)
+    settings = made_by(model_identity(model), max_new_tokens)
+    with claimed(output, list(prompts), settings, resume) as (out, reused):  # held until every process is done
+        config = RunConfig(mode=mode, model=model, prompts=prompts, max_new_tokens=max_new_tokens,
+                           batch_size=batch_size, token_budget=token_budget, output=out, skip=frozenset(reused))
+        bar = Progress(total=len(prompts), done=len(reused)) if wanted(progress) else None
+        result = launch(run_on_this_process, config, num_processes=num_processes, verbose=verbose, progress=bar,
+                        timeout=timeout, cpu=cpu)
+    return result.with_reused(reused, out.dropped if out else 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import math
 import numbers
 import os
@@ -26,8 +27,11 @@ def prompt_list(prompts: object) -> tuple[str, ...]:
 
 
 def run_inputs(prompts: object, num_processes: object, token_budget: object = None, timeout: object = None,
-               output: object = None, **counts: object) -> tuple[str, ...]:
-    """Check a run's prompts, counts, budget (None: measured), timeout, output file and process count."""
+               output: object = None, resume: object = False, **counts: object) -> tuple[str, ...]:
+    """Check a run's prompts, counts, budget (None: measured), timeout, output file (and resume) and process count."""
+    if resume and output is None:
+        raise ValueError("resume=True (--resume) needs the output file to resume from. "
+                         "Fix: pass --output FILE.jsonl (output= in run()), or leave --resume out.")
     for name, value in counts.items():
         whole_number(name, value)
     if token_budget is not None:
@@ -92,10 +96,23 @@ def output_file(path: object, name: str = "output") -> Path:
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{name} {path} is a folder. Fix: pass a file name such as {path / 'completions.jsonl'}.")
+    if is_link_loop(path) or path.exists() and not path.is_file():
+        what = "a loop of symbolic links" if is_link_loop(path) else "not a regular file (a device, a pipe)"
+        raise ValueError(f"{name} {path} is {what}, which cannot hold completions to resume. "
+                         "Fix: pass a file such as completions.jsonl.")
     out_folder(path.parent, f"the folder of {name}")
     if path.exists() and not os.access(path, os.W_OK):
         raise ValueError(f"{name} {path} cannot be written (no permission). Fix: pass a file you can write to.")
     return path
+
+
+def is_link_loop(path: Path) -> bool:
+    """True when `path` is a loop of symbolic links (Path.exists() only says False, as for a missing file)."""
+    try:
+        os.stat(path)
+    except OSError as error:
+        return error.errno == errno.ELOOP
+    return False
 
 
 def image_path(path: str | Path, name: str = "--plot") -> Path:
@@ -111,6 +128,15 @@ def image_path(path: str | Path, name: str = "--plot") -> Path:
         raise ValueError(f"{name} {path} is a folder. Fix: pass a file name such as {path / 'scaling.png'}.")
     out_folder(path.parent, f"the folder of {name}")
     return path
+
+
+def unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object's pairs as a dict, refusing a key given twice (json.loads would keep the last silently)."""
+    keys = [key for key, _ in pairs]
+    twice = sorted({key for key in keys if keys.count(key) > 1})
+    if twice:
+        raise ValueError(f"the key(s) {', '.join(map(repr, twice))} appear more than once")
+    return dict(pairs)
 
 
 def torchrun_env(num_processes: int | tuple[int, ...] | None, environ: dict | None = None) -> None:

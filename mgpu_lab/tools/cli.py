@@ -98,6 +98,9 @@ def int_list(text: str) -> tuple[int, ...]:
 def mode_list(text: str) -> tuple[str, ...]:
     """An argparse type for comma-separated mode names."""
     modes = tuple(text.split(","))
+    if "" in modes:
+        raise argparse.ArgumentTypeError(f"{text!r} holds an empty mode name (two commas, or one at an end); "
+                                         "write them as naive,batched")
     unknown = [m for m in modes if m not in mode_names()]
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown mode(s) {', '.join(unknown)}; known: {', '.join(mode_names())}")

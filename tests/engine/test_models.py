@@ -206,3 +206,44 @@ def test_built_preset_folder_is_readable_by_others(tmp_path, monkeypatch):
     finally:
         os.umask(old)
     assert folder.stat().st_mode & 0o777 == 0o755
+
+
+def test_a_cached_small_preset_that_changed_is_built_again(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MGPU_LAB_CACHE", str(tmp_path))
+    folder = models.small_checkpoint()
+    weights = folder / "model.safetensors"
+    built = weights.read_bytes()
+    with open(weights, "r+b") as handle:  # a few bytes inside the weights overwritten: NaN in float32
+        handle.seek(len(built) // 2)
+        handle.write(b"\xff\xff\xff\xff")
+    assert models.small_checkpoint() == folder
+    assert "changed since it was built (its digest differs): building it again" in capsys.readouterr().err
+    assert all(torch.isfinite(t).all() for t in load_file(weights).values())
+    weights.write_bytes(built[: len(built) // 3])  # truncated
+    assert models.small_checkpoint() == folder and models._is_sound(folder)
+
+
+def test_a_preset_from_an_older_kit_without_digests_is_built_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("MGPU_LAB_CACHE", str(tmp_path))
+    folder = models.small_checkpoint()
+    (folder / models.DIGEST_FILE).unlink()
+    assert models.small_checkpoint() == folder and (folder / models.DIGEST_FILE).is_file()
+
+
+def test_non_finite_weights_are_refused_by_name(tiny_copy):
+    weights = load_file(tiny_copy / "model.safetensors")
+    weights["model.norm.weight"][3] = float("nan")
+    save_file(weights, tiny_copy / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match=r"NaN or infinite weights in 1 tensor\(s\) \(model.norm.weight\)"):
+        load_model(str(tiny_copy))
+
+
+def test_a_truncated_bin_checkpoint_is_named_with_its_path(tiny_copy):
+    weights = load_file(tiny_copy / "model.safetensors")
+    (tiny_copy / "model.safetensors").unlink()
+    torch.save(weights, tiny_copy / "pytorch_model.bin")
+    data = (tiny_copy / "pytorch_model.bin").read_bytes()
+    (tiny_copy / "pytorch_model.bin").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelLoadError, match=f"Weights file {tiny_copy / 'pytorch_model.bin'} is truncated or "
+                                             "damaged .*Fix: download that file again"):
+        check_model(str(tiny_copy))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from mgpu_lab.engine import prompts
 from mgpu_lab.engine.prompts import FIRST_LINES, PromptFileError, default_prompts, load_prompts
 
 
@@ -34,6 +35,8 @@ def test_each_format_reads_its_prompts_and_counts_empty_ones(tmp_path, name, tex
     ("latin1.txt", "caf\xe9\n".encode("latin-1"), "not UTF-8"),
     ("bad.jsonl", b'{"prompt": "ok"}\nnot json\n', "line 2: not valid JSON"),
     ("nofield.jsonl", b'{"text": "x"}\n', 'string "prompt" field'),
+    ("twice.jsonl", b'{"prompt": "a"}\n{"prompt": "b", "prompt": "c"}\n', "line 2: the key\\(s\\) 'prompt' appear more"),
+    ("twice.csv", b"prompt,id,prompt\nHello,1,Bye\n", '2 "prompt" columns'),
     ("image.txt", b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR", "not a text file"),
     ("utf16.txt", "Hello\n".encode("utf-16"), "is UTF-16 text. Fix: save it as UTF-8"),
     ("prompts.json", b'["Hello"]', "unknown type \\(.json\\)"),
@@ -91,9 +94,9 @@ def test_an_unreadable_file_is_named(tmp_path, monkeypatch):
     path.write_text("Hello\n")
     path.chmod(0)
     if os.geteuid() == 0:  # root reads any file: make the read fail the way it does for everyone else
-        def refuse(self):
+        def refuse(*args):
             raise PermissionError(13, "Permission denied")
-        monkeypatch.setattr(Path, "read_bytes", refuse)
+        monkeypatch.setattr(prompts, "open", refuse, raising=False)
     with pytest.raises(PromptFileError, match="cannot be read \\(Permission denied\\)"):
         load_prompts(path)
 
@@ -109,3 +112,44 @@ def test_a_pipe_is_read(tmp_path):
     writer = subprocess.Popen(["sh", "-c", f"printf 'Hello\\nWorld\\n' > {fifo}"])
     assert load_prompts(fifo) == (["Hello", "World"], 0)
     writer.wait(timeout=30)
+
+
+
+def test_a_symlink_loop_is_named_as_such(tmp_path):
+    (tmp_path / "a.txt").symlink_to(tmp_path / "b.txt")
+    (tmp_path / "b.txt").symlink_to(tmp_path / "a.txt")
+    with pytest.raises(PromptFileError, match="loop of symbolic links"):
+        load_prompts(tmp_path / "a.txt")
+
+
+def test_a_dangling_link_names_its_target(tmp_path):
+    (tmp_path / "a.txt").symlink_to(tmp_path / "gone.txt")
+    with pytest.raises(PromptFileError, match="does not exist \\(a link to .*gone.txt, which is missing\\)"):
+        load_prompts(tmp_path / "a.txt")
+
+
+def test_closed_standard_input_is_named(monkeypatch):
+    monkeypatch.setattr(sys, "stdin", None)  # what Python gives a program started with `<&-`
+    with pytest.raises(PromptFileError, match="standard input, but it is closed"):
+        load_prompts("-")
+
+
+def test_endless_input_is_refused_past_the_bound(monkeypatch):
+    monkeypatch.setattr(prompts, "MAX_BYTES", 1000)
+    endless = subprocess.Popen(["yes", "Hello"], stdout=subprocess.PIPE)  # never ends by itself
+    try:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(endless.stdout))
+        with pytest.raises(PromptFileError, match="more than 0 MiB \\(endless input\\?\\)"):
+            load_prompts("-")
+    finally:
+        endless.kill()
+        endless.wait()
+
+
+def test_closed_stdin_from_the_command_line_is_one_line(tmp_path):
+    done = subprocess.run(f"{sys.executable} -m mgpu_lab naive --prompts - <&-", shell=True, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: --prompts - reads standard input, but it is closed. Fix: pipe the prompts in "
+        "(`... --prompts - < my.txt`), or pass --prompts my.txt."]

@@ -135,3 +135,12 @@ def test_cli_starts_without_the_jupyter_packages():
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "Hello from process 0 of 1" in done.stdout
+
+
+def test_an_empty_mode_name_is_named():
+    from argparse import ArgumentTypeError
+
+    from mgpu_lab.tools.cli import mode_list
+
+    with pytest.raises(ArgumentTypeError, match="'naive,,batched' holds an empty mode name"):
+        mode_list("naive,,batched")
