@@ -206,3 +206,11 @@ def test_built_preset_folder_is_readable_by_others(tmp_path, monkeypatch):
     finally:
         os.umask(old)
     assert folder.stat().st_mode & 0o777 == 0o755
+
+
+def test_model_folder_gives_from_pretrained_a_folder_or_none_for_a_shape(tmp_path):
+    assert models.model_folder("tiny") == models.TINY
+    assert models.model_folder(str(models.TINY)) == models.TINY
+    assert models.model_folder("shape:llama2-7b") is None
+    with pytest.raises(ModelNotFoundError, match="not found"):
+        models.model_folder(str(tmp_path / "no-such-model"))
