@@ -128,8 +128,7 @@ def load_model(name: str, device: torch.device | str = "cpu", dtype: torch.dtype
         if is_synthetic(name):
             check_fits(name, device, dtype)
             return _random_model(_shape_config(name), device, dtype).eval(), tokenizer
-        path = TINY if name == "tiny" else small_checkpoint() if name == "small" else _checkpoint(name)
-        model, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map={"": device},
+        model, info = AutoModelForCausalLM.from_pretrained(model_folder(name), dtype=dtype, device_map={"": device},
                                                            output_loading_info=True)
     check_weights(name, info, strict)
     check_finite(name, model)
@@ -146,6 +145,14 @@ def check_finite(name: str, model: PreTrainedModel) -> None:
         raise ModelLoadError(f"Checkpoint {name!r} holds NaN or infinite weights in {len(bad)} tensor(s) "
                              f"({_some(bad)}): it cannot generate text. Fix: download the checkpoint again, or use "
                              "one saved before training diverged.")
+
+
+def model_folder(name: str) -> Path | None:
+    """The folder from_pretrained reads for `name` (tiny, small, a checkpoint folder or cached id); None for shape:*."""
+    check_model(name)
+    if is_synthetic(name):
+        return None  # the architecture only: its random weights are built, never read
+    return TINY if name == "tiny" else small_checkpoint() if name == "small" else Path(_checkpoint(name))
 
 
 def check_weights(name: str, info: dict, strict: bool = True) -> None:

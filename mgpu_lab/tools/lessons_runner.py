@@ -33,6 +33,19 @@ def copy_lessons(out_dir: Path, solutions: bool = False, overwrite: bool = False
     return targets
 
 
+def with_model(path: Path, out_dir: Path, model: str, new_tokens: int | None = None) -> Path:
+    """A copy of a lesson in `out_dir` whose MODEL (and, if given, NEW_TOKENS) line is replaced; return its path."""
+    notebook = nbformat.read(path, as_version=4)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            cell.source = re.sub(r'^MODEL = "tiny"', f"MODEL = {model!r}", cell.source, flags=re.M)
+            if new_tokens is not None:
+                cell.source = re.sub(r"^NEW_TOKENS = \d+", f"NEW_TOKENS = {new_tokens}", cell.source, flags=re.M)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    nbformat.write(notebook, out_dir / path.name)
+    return out_dir / path.name
+
+
 def run_lesson(path: Path, out_dir: Path, timeout: int, allow_errors: bool = False) -> float:
     """Execute one notebook in a fresh kernel started in `out_dir`, write the executed copy there, return the seconds."""
     notebook = nbformat.read(path, as_version=4)

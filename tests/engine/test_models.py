@@ -247,3 +247,11 @@ def test_a_truncated_bin_checkpoint_is_named_with_its_path(tiny_copy):
     with pytest.raises(ModelLoadError, match=f"Weights file {tiny_copy / 'pytorch_model.bin'} is truncated or "
                                              "damaged .*Fix: download that file again"):
         check_model(str(tiny_copy))
+
+
+def test_model_folder_gives_from_pretrained_a_folder_or_none_for_a_shape(tmp_path):
+    assert models.model_folder("tiny") == models.TINY
+    assert models.model_folder(str(models.TINY)) == models.TINY
+    assert models.model_folder("shape:llama2-7b") is None
+    with pytest.raises(ModelNotFoundError, match="not found"):
+        models.model_folder(str(tmp_path / "no-such-model"))

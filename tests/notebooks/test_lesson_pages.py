@@ -24,6 +24,32 @@ def test_the_articles_code_is_on_the_pages(call):
     assert call in code_of(*LESSONS_1_TO_3)
 
 
+@pytest.mark.parametrize("name", ["02_naive_inference.ipynb", "03_batched_inference.ipynb"])
+def test_the_lessons_launch_their_own_program_with_args(name):
+    assert "notebook_launcher(" in code_of(name) and "args=(MODEL" in code_of(name)
+
+
+@pytest.mark.parametrize("line", ["accelerator.wait_for_everyone()", "start = time.time()", "time.time() - start",
+                                  "gather_object([results])", "accelerator.is_main_process", "torch.bfloat16",
+                                  "torch.float16", "write_pretty_json(", "json.loads("])
+def test_lesson_2_writes_the_articles_benchmark_out(line):
+    assert line in code_of("02_naive_inference.ipynb")
+
+
+def test_lesson_2_runs_the_program_as_a_script_with_torchrun_and_shows_its_output():
+    cells = json.loads((NOTEBOOKS / "02_naive_inference.ipynb").read_text())["cells"]
+    runs = [cell for cell in cells if cell["cell_type"] == "code" and '"torchrun"' in "".join(cell["source"])]
+    assert len(runs) == 1
+    shown = "".join("".join(o.get("text", "")) for o in runs[0]["outputs"])
+    assert "tokens/s:" in shown and "prompts: 100" in shown and "W1" not in shown  # the program's line, not torchrun's
+
+
+def test_lesson_3_shows_the_wrong_code_not_a_flag_of_the_kit():
+    code = code_of("03_batched_inference.ipynb")
+    assert 'padding_side="right")' in code and "prepare_prompts_article(sample" in code
+    assert "generate_batched(" not in code and "out[len(inp):]" in code
+
+
 def test_one_cell_in_the_course_ignores_its_output():
     marked = [name.name for name in sorted(NOTEBOOKS.glob("*.ipynb"))
               for cell in json.loads(name.read_text())["cells"]

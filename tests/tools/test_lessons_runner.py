@@ -6,7 +6,7 @@ import sys
 import nbformat
 import pytest
 
-from mgpu_lab.tools.lessons_runner import copy_lessons, lesson_notebooks
+from mgpu_lab.tools.lessons_runner import copy_lessons, lesson_notebooks, with_model
 
 RUN_ONE = """
 import sys
@@ -40,3 +40,11 @@ def test_a_lesson_runs_in_the_output_folder_and_prints_no_transport_warning(tmp_
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(tmp_path / "out")  # the kernel ran in the output folder
     assert "without encryption" not in done.stderr and done.stderr == ""
+
+
+def test_with_model_replaces_only_the_settings_lines(tmp_path):
+    lesson = next(path for path in lesson_notebooks() if path.name.startswith("02_"))
+    copy = with_model(lesson, tmp_path, "shape:llama2-7b", new_tokens=8)
+    code = "\n".join(c.source for c in nbformat.read(copy, as_version=4).cells if c.cell_type == "code")
+    assert 'MODEL = "tiny"' not in code and "MODEL = 'shape:llama2-7b'" in code and "NEW_TOKENS = 8" in code
+    assert code.count("MODEL = ") == 1 and copy.parent == tmp_path
