@@ -86,7 +86,8 @@ def cmd_notebooks(args: argparse.Namespace) -> int:
     from .lessons_runner import copy_lessons
 
     copies = copy_lessons(Path(args.dir), solutions=args.solutions)
-    print(f"Copied {len(copies)} file(s) into {args.dir}/ ; open them with `jupyter lab {args.dir}`.")
+    print(f"Copied {len(copies)} file(s) into {args.dir}/ with their outputs cleared, so a learner guesses before "
+          f"running; open them with `jupyter lab {args.dir}`.")
     return 0
 
 
@@ -213,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     lessons.add_argument("--out", default=str(results_dir() / "lessons"),
                          help="where the executed notebooks go (default: %(default)s)")
     lessons.set_defaults(handler=cmd_lessons)
-    notebooks = commands.add_parser("notebooks", help="copy the lesson notebooks into a folder (a workshop room)")
+    notebooks = commands.add_parser("notebooks",
+                                    help="copy the lesson notebooks, outputs cleared, into a folder (a workshop room)")
     notebooks.add_argument("dir", help="the folder to copy them into (created if missing; must not hold them yet)")
     notebooks.add_argument("--solutions", action="store_true", help="copy the exercises' solutions too")
     notebooks.set_defaults(handler=cmd_notebooks)

@@ -21,7 +21,10 @@ def lesson_notebooks(folder: Path = NOTEBOOKS) -> list[Path]:
 
 
 def copy_lessons(out_dir: Path, solutions: bool = False, overwrite: bool = False) -> list[Path]:
-    """Copy the lessons (and, if asked, their solutions) into `out_dir`, e.g. for a workshop room; return the copies."""
+    """Copy the lessons, outputs cleared (and, if asked, the solutions), into `out_dir` for a room; return the copies.
+
+    A learner then predicts before running: the repository's saved outputs would show the real values first.
+    """
     sources = lesson_notebooks() + (sorted((NOTEBOOKS / "solutions").glob("*.py")) if solutions else [])
     targets = [out_dir / source.relative_to(NOTEBOOKS) for source in sources]
     existing = [str(target) for target in targets if target.exists()]
@@ -29,7 +32,10 @@ def copy_lessons(out_dir: Path, solutions: bool = False, overwrite: bool = False
         raise ValueError(f"{existing[0]} already exists (a learner's work?). Fix: pick an empty folder.")
     for source, target in zip(sources, targets):
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
+        if source.suffix == ".ipynb":
+            nbformat.write(without_outputs(nbformat.read(source, as_version=4)), target)
+        else:
+            shutil.copyfile(source, target)
     return targets
 
 
@@ -44,6 +50,16 @@ def with_model(path: Path, out_dir: Path, model: str, new_tokens: int | None = N
     out_dir.mkdir(parents=True, exist_ok=True)
     nbformat.write(notebook, out_dir / path.name)
     return out_dir / path.name
+
+
+def without_outputs(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """The notebook with every output, execution count, cell timing and saved widget state cleared, for a room."""
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+        cell.metadata.pop("execution", None)
+    notebook.metadata.pop("widgets", None)
+    return notebook
 
 
 def run_lesson(path: Path, out_dir: Path, timeout: int, allow_errors: bool = False) -> float:

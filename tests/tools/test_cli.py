@@ -45,6 +45,16 @@ def test_mistakes_are_one_line_errors(args, message):
     assert message in done.stderr and "Traceback" not in done.stderr
 
 
+def test_notebooks_copies_the_lessons_for_a_room_without_outputs_and_with_solutions_if_asked(tmp_path):
+    done = cli("notebooks", str(tmp_path / "room"), "--solutions")
+    assert "outputs cleared" in done.stdout
+    lesson = json.loads((tmp_path / "room" / "01_hello_processes.ipynb").read_text())
+    assert not any(cell.get("outputs") or cell.get("execution_count") for cell in lesson["cells"])
+    assert (tmp_path / "room" / "solutions" / "solutions.py").is_file()
+    cli("notebooks", str(tmp_path / "bare"))
+    assert (tmp_path / "bare" / "01_hello_processes.ipynb").is_file() and not (tmp_path / "bare" / "solutions").exists()
+
+
 def test_torchrun_batched_json_prints_once():
     done = subprocess.run(["torchrun", "--nproc_per_node", "2", "-m", "mgpu_lab", "batched", "--json",
                            "--max-new-tokens", "4"], capture_output=True, text=True, timeout=300)

@@ -26,6 +26,17 @@ def test_lessons_in_order_then_appendices():
     assert names[0].startswith("01_") and names[-1].startswith("A1_") and names == sorted(names[:-1]) + names[-1:]
 
 
+def test_room_copies_hold_no_outputs_and_the_repository_keeps_its_own(tmp_path):
+    copies = [c for c in copy_lessons(tmp_path) if c.suffix == ".ipynb"]
+    for copy, source in zip(copies, lesson_notebooks()):
+        room, saved = nbformat.read(copy, as_version=4), nbformat.read(source, as_version=4)
+        code = [cell for cell in room.cells if cell.cell_type == "code"]
+        assert code and all(cell.outputs == [] and cell.execution_count is None for cell in code), copy.name
+        assert all("execution" not in cell.metadata for cell in room.cells) and "widgets" not in room.metadata
+        assert [cell.source for cell in room.cells] == [cell.source for cell in saved.cells]
+    assert any(cell.get("outputs") for cell in nbformat.read(lesson_notebooks()[0], as_version=4).cells)
+
+
 def test_copies_for_a_workshop_room_never_overwrite_work(tmp_path):
     copies = copy_lessons(tmp_path, solutions=True)
     assert [c.name for c in copies if c.suffix == ".ipynb"] == [p.name for p in lesson_notebooks()]
