@@ -28,6 +28,8 @@ class RunSummary:
     dtype: str
     device: str
     num_processes: int
+    tp_size: int  # processes that split one copy of the model (tensor parallelism); 1: each holds it whole
+    replicas: int  # copies of the model that split the prompts: num_processes // tp_size
     knob: str | None  # the setting that sized the batches: "batch_size", "token_budget", or None (one per call)
     batch_size: int | None
     token_budget: int | None
@@ -59,8 +61,12 @@ class RunSummary:
 
     @classmethod
     def from_record(cls, record: dict) -> RunSummary:
-        """The summary inside a benchmark record (a record holds every summary field and more)."""
-        return cls(**{f.name: record.get(f.name, 0 if f.name == "reused" else None) for f in fields(cls)})
+        """The summary inside a benchmark record (a record holds every summary field and more).
+
+        Records made before a field existed get what it meant then: nothing reused, no tensor parallelism.
+        """
+        before = {"reused": 0, "tp_size": 1, "replicas": record.get("num_processes")}
+        return cls(**{f.name: record.get(f.name, before.get(f.name)) for f in fields(cls)})
 
     def batching(self) -> str:
         """How the run grouped its prompts, in a few words: the knob and its value."""
