@@ -166,6 +166,7 @@ def _completions(model, tokenizer, batch, chunk: list[tuple[int, str]],
         **batch, max_new_tokens=max_new_tokens, do_sample=False,
         pad_token_id=tokenizer.convert_tokens_to_ids(pad_token(tokenizer)),
         min_new_tokens=max_new_tokens if force_length else None,
+        synced_gpus=False,  # FSDP-wrapped replicas (DP x TP) would otherwise step in lock-step with every other rank
     )
     width = batch["input_ids"].shape[1]
     new_tokens = output[:, width:].tolist()  # the prompt (and its padding) is cut off

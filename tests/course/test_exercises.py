@@ -87,6 +87,13 @@ def one_prompt_per_batch(lengths, new_tokens, budget):
      lambda lengths, new, budget: [list(range(i, min(i + 16, len(lengths)))) for i in range(0, len(lengths), 16)],
      "more than 2048 padded tokens"),
     (exercises.check_budget_batches, solutions.budget_batches, one_prompt_per_batch, "batches, where filling"),
+    (exercises.check_layout, solutions.layout, lambda w, kv, gpu, n, heads: (1, n), "you said (1, 4)"),
+    (exercises.check_layout, solutions.layout, lambda w, kv, gpu, n, heads: solutions.layout(w, 0, gpu, n, heads),
+     "the answer is (1, 4)"),
+    (exercises.check_layout, solutions.layout, lambda w, kv, gpu, n, heads: solutions.layout(w, kv, gpu, n, math.factorial(8)),
+     "12 heads: you said (1, 8)"),
+    (exercises.check_layout, solutions.layout,
+     lambda w, kv, gpu, n, heads: tuple(reversed(solutions.layout(w, kv, gpu, n, heads))), "the answer is (4, 1)"),
 ])
 def test_check_accepts_solution_and_rejects_wrong_answer(capsys, check, solution, wrong, hint):
     assert check(solution) is True
