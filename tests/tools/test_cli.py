@@ -38,6 +38,9 @@ def test_naive_human_output_shows_summary_and_split():
     (["batched", "--prompts", "missing.txt"], "error: Prompt file missing.txt does not exist"),
     (["batched", "--batch-size", "0"], "must be >= 1"),
     (["hello", "--num-processes", "0"], "must be >= 1"),
+    (["batched", "--num-processes", "3", "--tp-size", "2"], "cannot form replicas of tp_size=2 ranks. Fix:"),
+    (["batched", "--num-processes", "3", "--tp-size", "3"], "which tp_size=3 does not divide. Fix:"),
+    (["batched", "--model", "shape:llama2-7b", "--tp-size", "2"], "is built whole in memory. Fix:"),
 ])
 def test_mistakes_are_one_line_errors(args, message):
     done = cli(*args, check=False)
@@ -135,3 +138,18 @@ def test_cli_starts_without_the_jupyter_packages():
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "Hello from process 0 of 1" in done.stdout
+
+
+def test_torchrun_two_loopback_nodes_split_one_model_with_tp_size():
+    from mgpu_lab.engine.launch import free_port
+
+    port, common = str(free_port()), ["--json", "--max-new-tokens", "5", "--tp-size", "2"]
+    nodes = [subprocess.Popen(["torchrun", "--nnodes", "2", "--node_rank", str(rank), "--nproc_per_node", "1",
+                               "--master_addr", "127.0.0.1", "--master_port", port, "-m", "mgpu_lab", "batched",
+                               *common], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), outputs
+    split = json.loads(outputs[0][0])
+    alone = json.loads(cli("batched", "--json", "--max-new-tokens", "5", "--num-processes", "1").stdout)
+    assert (split["summary"]["tp_size"], split["summary"]["replicas"]) == (2, 1)
+    assert [r["token_ids"] for r in split["results"]] == [r["token_ids"] for r in alone["results"]]
