@@ -84,8 +84,8 @@ def format_records(records: list[dict | RunSummary | RunResult]) -> str:
     ratios = any(r.get("x_input_order") for r in records)
     split = any(RunSummary.from_record(r).tp_size > 1 for r in records)
     lines = [f"{'mode':<11}{'procs':>5}" + (f"{'layout':>10}" if split else "") + f"{'batching':>20}{'mean':>6}"
-             f"{'new':>5}{'tokens':>8}{'pad/real':>9}{'wall s':>9}{'tokens/s':>11}"
-             + (f"{'MB/proc':>9}" if split else "") + f"{'roofline':>10}"
+             f"{'new':>5}{'tokens':>8}{'pad/real':>9}" + (f"{'MB/proc':>9}" if split else "")
+             + f"{'wall s':>9}{'tokens/s':>11}{'roofline':>10}"
              + (f"{'x input order':>15}{'limit':>7}" if ratios else "")]
     for r in records:
         s = RunSummary.from_record(r)
@@ -93,8 +93,8 @@ def format_records(records: list[dict | RunSummary | RunResult]) -> str:
         held = "-" if r.get("parameter_bytes") is None else f"{r['parameter_bytes'] / 1e6:.1f}"
         line = (f"{s.mode:<11}{s.num_processes:>5}" + (f"{layout(s):>10}" if split else "")
                 + f"{s.batching():>20}{mean_batch(s):>6}{s.max_new_tokens:>5}{s.generated_tokens:>8}"
-                f"{s.padding_ratio:>9.2f}{s.wall_s:>9.2f}{s.tokens_per_s:>11.1f}"
-                + (f"{held:>9}" if split else "") + f"{roof:>10}")
+                f"{s.padding_ratio:>9.2f}" + (f"{held:>9}" if split else "")
+                + f"{s.wall_s:>9.2f}{s.tokens_per_s:>11.1f}{roof:>10}")
         if ratios:
             line += f"{r['x_input_order'] or 0:>14.2f}x{r['padding_free_limit'] or 0:>6.2f}x"
         lines.append(line)
