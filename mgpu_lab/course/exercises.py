@@ -15,6 +15,7 @@ from ..engine.results import Completion
 from ..engine.launch import LaunchError, launch
 from ..engine.models import TINY, load_model, load_tokenizer
 from ..engine.prompts import default_prompts, varied_prompts
+from .memory import best_layout
 from .staircase import calls_on_busiest_rank
 from .watch import Watched, calls_into, watched
 
@@ -296,3 +297,27 @@ def padding(batches: list[list[int]], lengths: list[int]) -> float:
     """Padded prompt positions per real prompt token for a set of batches."""
     padded = sum(len(b) * max(lengths[p] for p in b) - sum(lengths[p] for p in b) for b in batches)
     return padded / sum(lengths)
+
+
+GB = 10**9
+# (weights, KV cache, one GPU's memory, GPUs, attention heads) in bytes: a 7B, a 13B, a 13B with a big cache,
+# a 70B that needs the whole box, one of 8 GPUs whose 12 heads TP 8 does not divide, a 70B on too few GPUs.
+LAYOUT_CASES = ((13.5 * GB, 4 * GB, 24 * GB, 4, 32), (26 * GB, 4 * GB, 24 * GB, 4, 40),
+                (26 * GB, 40 * GB, 24 * GB, 4, 40), (70 * GB, 10 * GB, 24 * GB, 4, 32),
+                (110 * GB, 10 * GB, 24 * GB, 8, 12), (140 * GB, 10 * GB, 24 * GB, 4, 64))
+
+
+def check_layout(fn: Callable[[float, float, float, int, int], tuple[int, int] | None]) -> bool:
+    """Lesson 6: `fn(weights, kv_cache, gpu_bytes, gpus, heads)` must give (replicas, tp_size), or None if nothing fits.
+
+    The right answer is the smallest TP size that fits one copy (weights + KV cache) and divides both the GPUs
+    and the heads; the GPUs left over hold more copies.
+    """
+    for weights, kv, gpu, gpus, heads in LAYOUT_CASES:
+        answer, problem = attempt(fn, weights, kv, gpu, gpus, heads)
+        expected = best_layout(weights + kv, gpu, gpus, heads)
+        if problem or answer != expected:
+            return verdict(False, "", problem or f"{weights / GB:g} GB of weights + {kv / GB:g} GB of KV cache on "
+                           f"{gpus} x {gpu / GB:g} GB GPUs, {heads} heads: you said {answer!r}, the answer is "
+                           f"{expected!r} (replicas, tp_size)")
+    return verdict(True, "your layout matches on every box: the smallest TP that fits, the rest as copies", "")

@@ -34,7 +34,8 @@ def run_from_panel(values: dict, history: list[dict]) -> tuple[dict, ...]:
     """Run once with the panel's values (run()'s arguments), add it to `history`, return the outputs to show."""
     result = run(**values, verbose=False)
     summary = result.summary
-    history.append({"label": f"#{len(history) + 1} {summary.mode}\n{summary.num_processes} proc, "
+    split = f" TP {summary.tp_size}" if summary.tp_size > 1 else ""
+    history.append({"label": f"#{len(history) + 1} {summary.mode}\n{summary.num_processes} proc{split}, "
                              f"{summary.batching()}", "tokens_per_s": summary.tokens_per_s})
     text = "\n\n".join([format_summary(summary), format_split(result.per_process),
                         format_completions(result.results)])
@@ -75,6 +76,8 @@ def settings(model: str, prompts: list[str] | None, max_new_tokens: int, batch_s
         "mode": widgets.Dropdown(options=mode_names(), value="batched", description="mode", style=style),
         "num_processes": widgets.Dropdown(options=choices, value=min(num_processes, choices[-1]),
                                           description="processes", style=style),
+        "tp_size": widgets.Dropdown(options=choices, value=1, description="TP size", style=style,
+                                    tooltip="processes that split one copy of the model (lesson 6)"),
         "batch_size": widgets.BoundedIntText(value=batch_size, min=1, max=1024, description="batch size",
                                              style=style),
         "max_new_tokens": widgets.BoundedIntText(value=max_new_tokens, min=1, max=4096,
@@ -82,6 +85,18 @@ def settings(model: str, prompts: list[str] | None, max_new_tokens: int, batch_s
         "prompts": widgets.Dropdown(options=list(sets.items()), value=sets.get("your prompts", default_prompts),
                                     description="prompt set", style=style),
     }
+
+
+def offer_tp_size(fields: dict[str, widgets.ValueWidget]) -> None:
+    """Show the TP size only where more than one process runs (one process has nothing to split with)."""
+    def follow(_change=None) -> None:
+        several = fields["num_processes"].value > 1
+        fields["tp_size"].layout.display = None if several else "none"
+        if not several:
+            fields["tp_size"].value = 1
+
+    fields["num_processes"].observe(follow, names="value")
+    follow()
 
 
 def panel(model: str = defaults.MODEL, prompts: list[str] | None = None,
@@ -110,4 +125,5 @@ def panel(model: str = defaults.MODEL, prompts: list[str] | None = None,
         progress.bar_style, progress.description = state
 
     button.on_click(on_click)
+    offer_tp_size(fields)
     return widgets.VBox([*fields.values(), widgets.HBox([button, progress]), output])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 
 from ..engine.results import RunSummary
+from .report import as_record, layout
 from .staircase import article_results, predict_wall
 
 
@@ -63,3 +64,16 @@ def plot_modes(summaries_by_set: dict[str, list[RunSummary]]) -> plt.Figure:
     figure.tight_layout()
     return figure
 
+
+
+def plot_parallelism(runs: list) -> plt.Figure:
+    """Tokens/s and the model's MB per process side by side, one bar per layout (DP, TP, DP x TP)."""
+    records = [as_record(r) for r in runs]
+    names = [f"{layout(RunSummary.from_record(r))}\n{r['model']}" for r in records]
+    figure, (speed, memory) = plt.subplots(1, 2, figsize=(10, 4))
+    speed.bar(names, [r["tokens_per_s"] for r in records], color="tab:blue")
+    speed.set(title="throughput", ylabel="tokens/s")
+    memory.bar(names, [r["parameter_bytes"] / 1e6 for r in records], color="tab:orange")
+    memory.set(title="model held by each process", ylabel="MB per process")
+    figure.tight_layout()
+    return figure

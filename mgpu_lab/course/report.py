@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import textwrap
 
-from ..engine.results import Completion, RunSummary
+from ..engine.results import Completion, RunResult, RunSummary
 
 
 def mean_batch(summary: RunSummary) -> str:
@@ -61,18 +61,41 @@ def count_identical(these: list[Completion], those: list[Completion]) -> int:
     return sum(a.token_ids == b.token_ids for a, b in zip(these, those))
 
 
-def format_records(records: list[dict | RunSummary]) -> str:
-    """Benchmark records (or run summaries) as an aligned table: one line per configuration."""
-    records = [r.to_dict() if isinstance(r, RunSummary) else r for r in records]
+def as_record(run: dict | RunSummary | RunResult) -> dict:
+    """A benchmark record as it is; a summary as its fields; a run's result with the bytes its processes hold."""
+    if isinstance(run, RunResult):
+        return {**run.summary.to_dict(), "parameter_bytes": max(p["parameter_bytes"] for p in run.per_process)}
+    return run.to_dict() if isinstance(run, RunSummary) else run
+
+
+def layout(summary: RunSummary) -> str:
+    """How the processes were used: "2 DP" (copies), "TP 2" (one split copy), or "2 x TP 2"."""
+    if summary.tp_size == 1:
+        return f"{summary.num_processes} DP"
+    return f"TP {summary.tp_size}" if summary.replicas == 1 else f"{summary.replicas} x TP {summary.tp_size}"
+
+
+def format_records(records: list[dict | RunSummary | RunResult]) -> str:
+    """Benchmark records (or run summaries, or results) as an aligned table: one line per configuration.
+
+    Where a record split the model (tensor parallelism), two more columns: the layout, and MB/proc, the model's
+    bytes one process holds, where the record knows them (a bench record, a run's result).
+    """
+    records = [as_record(r) for r in records]
     ratios = any(r.get("x_input_order") for r in records)
-    lines = [f"{'mode':<11}{'procs':>5}{'batching':>20}{'mean':>6}{'new':>5}{'tokens':>8}{'pad/real':>9}"
-             f"{'wall s':>9}{'tokens/s':>11}{'roofline':>10}"
+    split = any(RunSummary.from_record(r).tp_size > 1 for r in records)
+    lines = [f"{'mode':<11}{'procs':>5}" + (f"{'layout':>10}" if split else "") + f"{'batching':>20}{'mean':>6}"
+             f"{'new':>5}{'tokens':>8}{'pad/real':>9}" + (f"{'MB/proc':>9}" if split else "")
+             + f"{'wall s':>9}{'tokens/s':>11}{'roofline':>10}"
              + (f"{'x input order':>15}{'limit':>7}" if ratios else "")]
     for r in records:
         s = RunSummary.from_record(r)
         roof = "-" if r.get("roofline_fraction") is None else f"{r['roofline_fraction']:.0%}"
-        line = (f"{s.mode:<11}{s.num_processes:>5}{s.batching():>20}{mean_batch(s):>6}{s.max_new_tokens:>5}"
-                f"{s.generated_tokens:>8}{s.padding_ratio:>9.2f}{s.wall_s:>9.2f}{s.tokens_per_s:>11.1f}{roof:>10}")
+        held = "-" if r.get("parameter_bytes") is None else f"{r['parameter_bytes'] / 1e6:.1f}"
+        line = (f"{s.mode:<11}{s.num_processes:>5}" + (f"{layout(s):>10}" if split else "")
+                + f"{s.batching():>20}{mean_batch(s):>6}{s.max_new_tokens:>5}{s.generated_tokens:>8}"
+                f"{s.padding_ratio:>9.2f}" + (f"{held:>9}" if split else "")
+                + f"{s.wall_s:>9.2f}{s.tokens_per_s:>11.1f}{roof:>10}")
         if ratios:
             line += f"{r['x_input_order'] or 0:>14.2f}x{r['padding_free_limit'] or 0:>6.2f}x"
         lines.append(line)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+from torch.distributed.fsdp import FSDPModule
 from transformers import BatchEncoding
 
 from .batching import budget_batches, fixed_batches, sorted_batches
@@ -131,7 +132,6 @@ def generate_in_batches(model, tokenizer, prompts: list[str], max_new_tokens: in
     return sorted(done, key=lambda c: c.index)
 
 
-@torch.inference_mode()
 def generate_items(model, tokenizer, items: list[tuple[int, str]], max_new_tokens: int, batches: list[list[int]],
                    force_length: bool = False, on_batch: Callable[[list[Completion]], None] | None = None,
                    ids: list[list[int]] | None = None, padding_side: str = "left",
@@ -147,10 +147,12 @@ def generate_items(model, tokenizer, items: list[tuple[int, str]], max_new_token
     for positions in batches:
         chunk = [items[p] for p in positions]
         batch = pad_ids(tokenizer, [ids[p] for p in positions], model.device, padding_side)
-        try:
-            done = _completions(model, tokenizer, batch, chunk, max_new_tokens, force_length)
-        except torch.cuda.OutOfMemoryError:
-            raise BatchOutOfMemory(len(chunk)) from None
+        # FSDP's hooks (on DP x TP replicas, tensor_parallel.py) refuse inference tensors: no_grad is enough there
+        with torch.inference_mode(not isinstance(model, FSDPModule)):
+            try:
+                done = _completions(model, tokenizer, batch, chunk, max_new_tokens, force_length)
+            except torch.cuda.OutOfMemoryError:
+                raise BatchOutOfMemory(len(chunk)) from None
         if on_batch:
             on_batch(done)
         completions += done
@@ -164,6 +166,7 @@ def _completions(model, tokenizer, batch, chunk: list[tuple[int, str]],
         **batch, max_new_tokens=max_new_tokens, do_sample=False,
         pad_token_id=tokenizer.convert_tokens_to_ids(pad_token(tokenizer)),
         min_new_tokens=max_new_tokens if force_length else None,
+        synced_gpus=False,  # FSDP-wrapped replicas (DP x TP) would otherwise step in lock-step with every other rank
     )
     width = batch["input_ids"].shape[1]
     new_tokens = output[:, width:].tolist()  # the prompt (and its padding) is cut off

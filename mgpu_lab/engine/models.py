@@ -19,7 +19,7 @@ import transformers
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_model
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM,
-                          PreTrainedModel, PreTrainedTokenizerBase)
+                          PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase)
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from .validate import out_folder
@@ -117,9 +117,12 @@ def load_tokenizer(name: str = "tiny") -> PreTrainedTokenizerBase:
         return AutoTokenizer.from_pretrained(_checkpoint(name))
 
 
-def load_model(name: str, device: torch.device | str = "cpu", dtype: torch.dtype | None = None, strict: bool = True
-               ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Return (model, tokenizer) on `device`, in eval mode; missing or unexpected weights fail (strict=False: warn)."""
+def load_model(name: str, device: torch.device | str = "cpu", dtype: torch.dtype | None = None, strict: bool = True,
+               split: dict | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Return (model, tokenizer) on `device`, in eval mode; missing or unexpected weights fail (strict=False: warn).
+
+    `split`: from_pretrained options that split the model between processes (tensor_parallel.load_options).
+    """
     device = torch.device(device)
     dtype = dtype or pick_dtype(device)
     check_model(name)
@@ -128,8 +131,9 @@ def load_model(name: str, device: torch.device | str = "cpu", dtype: torch.dtype
         if is_synthetic(name):
             check_fits(name, device, dtype)
             return _random_model(_shape_config(name), device, dtype).eval(), tokenizer
-        model, info = AutoModelForCausalLM.from_pretrained(model_folder(name), dtype=dtype, device_map={"": device},
-                                                           output_loading_info=True)
+        placement = split or {"device_map": {"": device}}
+        model, info = AutoModelForCausalLM.from_pretrained(model_folder(name), dtype=dtype, output_loading_info=True,
+                                                           **placement)
     check_weights(name, info, strict)
     check_finite(name, model)
     return model.eval(), tokenizer
@@ -153,6 +157,15 @@ def model_folder(name: str) -> Path | None:
     if is_synthetic(name):
         return None  # the architecture only: its random weights are built, never read
     return TINY if name == "tiny" else small_checkpoint() if name == "small" else Path(_checkpoint(name))
+
+
+def model_config(name: str) -> PretrainedConfig:
+    """The architecture of a model (a preset or a checkpoint folder), read without loading its weights."""
+    if is_synthetic(name):
+        return _shape_config(name)
+    if name == "small":
+        return LlamaConfig.from_json_file(CONFIGS / "small.json")
+    return AutoConfig.from_pretrained(TINY if name == "tiny" else _checkpoint(name))
 
 
 def check_weights(name: str, info: dict, strict: bool = True) -> None:

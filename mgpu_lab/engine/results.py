@@ -19,7 +19,6 @@ class Completion:
     padded_tokens: int = 0  # positions of this row that held padding: left of the prompt, after its EOS
 
 
-COUNTED = ("reused", "partial_dropped")  # summary fields older benchmark records lack: 0 there
 
 
 @dataclass(frozen=True)
@@ -31,6 +30,8 @@ class RunSummary:
     dtype: str
     device: str
     num_processes: int
+    tp_size: int  # processes that split one copy of the model (tensor parallelism); 1: each holds it whole
+    replicas: int  # copies of the model that split the prompts: num_processes // tp_size
     knob: str | None  # the setting that sized the batches: "batch_size", "token_budget", or None (one per call)
     batch_size: int | None
     token_budget: int | None
@@ -63,8 +64,12 @@ class RunSummary:
 
     @classmethod
     def from_record(cls, record: dict) -> RunSummary:
-        """The summary inside a benchmark record (a record holds every summary field and more)."""
-        return cls(**{f.name: record.get(f.name, 0 if f.name in COUNTED else None) for f in fields(cls)})
+        """The summary inside a benchmark record (a record holds every summary field and more).
+
+        Records made before a field existed get what it meant then: nothing reused or dropped, no tensor parallelism.
+        """
+        before = {"reused": 0, "partial_dropped": 0, "tp_size": 1, "replicas": record.get("num_processes")}
+        return cls(**{f.name: record.get(f.name, before.get(f.name)) for f in fields(cls)})
 
     def batching(self) -> str:
         """How the run grouped its prompts, in a few words: the knob and its value."""

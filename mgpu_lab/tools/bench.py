@@ -26,7 +26,8 @@ from ..engine.launch import launch
 from ..engine.models import is_synthetic, load_model
 from ..engine.modes import lookup_mode
 from ..engine.results import RunSummary
-from ..engine.runner import DEFAULTS, RunConfig, check_run, settle_budget, timed_run
+from ..engine.runner import DEFAULTS, RunConfig, check_run, settle_budget, split_options, timed_run
+from ..engine.tensor_parallel import parameter_bytes
 from ..engine.validate import positive_number, whole_number
 
 RECORDS, RECORDS_CSV = "records.jsonl", "records.csv"
@@ -38,6 +39,7 @@ class Sweep:
 
     modes: tuple[str, ...] = ("naive", "batched")
     num_processes: tuple[int, ...] = (1, 2)
+    tp_sizes: tuple[int, ...] = (1,)  # a TP size runs with each process count it divides
     batch_sizes: tuple[int, ...] = (DEFAULTS.batch_size,)
     max_new_tokens: tuple[int, ...] = (DEFAULTS.max_new_tokens,)
     model: str = DEFAULTS.model
@@ -47,17 +49,20 @@ class Sweep:
     bandwidth_gbs: float | None = None
     token_budget: int | None = DEFAULTS.token_budget
 
-    def points(self) -> list[tuple[str, int, int | None, int]]:
-        """Every (mode, processes, batch size, new tokens) to measure; None where the mode's knob is not batch size."""
-        grid = itertools.product(self.modes, self.num_processes, self.batch_sizes, self.max_new_tokens)
-        return list(dict.fromkeys((m, n, b if lookup_mode(m).knob == "batch_size" else None, k)
-                                  for m, n, b, k in grid))
+    def points(self) -> list[tuple[str, int, int, int | None, int]]:
+        """Every (mode, processes, TP size, batch size, new tokens) to measure; None where the knob is not batch size.
+
+        A TP size runs with the process counts it divides (1, 2 over processes 1, 2: 1x1, 2x1 and 1 replica of TP 2).
+        """
+        grid = itertools.product(self.modes, self.num_processes, self.tp_sizes, self.batch_sizes, self.max_new_tokens)
+        return list(dict.fromkeys((m, n, t, b if lookup_mode(m).knob == "batch_size" else None, k)
+                                  for m, n, t, b, k in grid if n % t == 0))
 
 
 def measure_on_this_process(config: RunConfig, repeats: int) -> dict:
     """Every process runs this: load once, one short warm-up run that is not counted, then `repeats` runs."""
     accelerator = Accelerator()
-    model, tokenizer = load_model(config.model, accelerator.device)
+    model, tokenizer = load_model(config.model, accelerator.device, split=split_options(accelerator, config))
     ids = token_ids(tokenizer, config.prompts)  # once, for the warm-up and every repeat
     config = settle_budget(config, model, ids, accelerator)
     warm = accelerator.num_processes * 4
@@ -65,7 +70,8 @@ def measure_on_this_process(config: RunConfig, repeats: int) -> dict:
     runs = [timed_run(accelerator, model, tokenizer, config, ids).summary for _ in range(repeats)]
     return {"runs": runs, "device_name": device_name(accelerator.device),
             "model_params": model.num_parameters(),
-            "model_bytes": model.num_parameters() * model.dtype.itemsize}
+            "model_bytes": model.num_parameters() * model.dtype.itemsize,
+            "parameter_bytes": parameter_bytes(model)}  # what one process holds: model_bytes / tp_size, about
 
 
 def device_name(device: torch.device) -> str:
@@ -100,17 +106,21 @@ def roofline_columns(summary: RunSummary, measured: dict, bandwidth_gbs: float |
 
 def check_sweep(sweep: Sweep) -> None:
     """Every point of the sweep checked as one run is (check_run), before any process starts."""
-    for name in ("modes", "num_processes", "batch_sizes", "max_new_tokens"):
+    for name in ("modes", "num_processes", "tp_sizes", "batch_sizes", "max_new_tokens"):
         values = getattr(sweep, name)
         if not isinstance(values, (list, tuple)) or not values:
             raise TypeError(f"{name} must be a non-empty tuple, got {values!r}.")
+        for value in values if name != "modes" else ():
+            whole_number(name, value)
     whole_number("repeats", sweep.repeats)
     if sweep.bandwidth_gbs is not None:
         positive_number("bandwidth_gbs", sweep.bandwidth_gbs)
-    for mode, processes, batch, new_tokens in itertools.product(sweep.modes, sweep.num_processes,
-                                                                 sweep.batch_sizes, sweep.max_new_tokens):
-        check_run(mode, sweep.model, sweep.prompts, processes, token_budget=sweep.token_budget,
-                  max_new_tokens=new_tokens, batch_size=batch)
+    if not sweep.points():
+        raise ValueError(f"No TP size of {sweep.tp_sizes} divides a process count of {sweep.num_processes}. "
+                         "Fix: add 1 to --tp-sizes, or a process count that is a multiple of one of them.")
+    for mode, processes, tp, batch, new_tokens in sweep.points():
+        check_run(mode, sweep.model, sweep.prompts, processes, tp, token_budget=sweep.token_budget,
+                  max_new_tokens=new_tokens, batch_size=batch or DEFAULTS.batch_size)
 
 
 def run_sweep(sweep: Sweep, progress: bool = True, out_dir: Path | None = None) -> list[dict]:
@@ -121,9 +131,9 @@ def run_sweep(sweep: Sweep, progress: bool = True, out_dir: Path | None = None) 
     """
     check_sweep(sweep)
     records, budgets = [], {}
-    for mode, processes, batch, new_tokens in tqdm(sweep.points(), desc="bench", disable=not progress):
+    for mode, processes, tp, batch, new_tokens in tqdm(sweep.points(), desc="bench", disable=not progress):
         config = RunConfig(mode=mode, model=sweep.model, prompts=sweep.prompts, max_new_tokens=new_tokens,
-                           batch_size=batch or DEFAULTS.batch_size,
+                           batch_size=batch or DEFAULTS.batch_size, tp_size=tp,
                            token_budget=sweep.token_budget or budgets.get(new_tokens))
         measured = launch(measure_on_this_process, config, sweep.repeats, num_processes=processes, verbose=False)
         records.append(make_record(sweep, measured))
@@ -172,10 +182,10 @@ def against_input_order(records: list[dict]) -> list[dict]:
     """Each record's tokens/s over input-order batches (mode batched) on the same processes and new tokens,
     beside the padding-free limit (1 + padding of input order) / (1 + padding of the mode)."""
     runs = [RunSummary.from_record(r) for r in records]
-    base = {(s.num_processes, s.max_new_tokens): s for s in runs if s.mode == "batched"}
+    base = {(s.num_processes, s.tp_size, s.max_new_tokens): s for s in runs if s.mode == "batched"}
     rows = []
     for r, s in zip(records, runs):
-        b = base.get((s.num_processes, s.max_new_tokens))
+        b = base.get((s.num_processes, s.tp_size, s.max_new_tokens))
         rows.append({**r, "x_input_order": round(s.tokens_per_s / b.tokens_per_s, 2) if b else None,
                      "padding_free_limit": round((1 + b.padding_ratio) / (1 + s.padding_ratio), 2) if b else None})
     return rows

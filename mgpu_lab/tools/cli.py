@@ -63,7 +63,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     result = run(args.command, args.model, read_prompts(args.prompts), args.num_processes,
                  args.max_new_tokens, args.batch_size, verbose=not args.json, token_budget=args.token_budget,
                  output=args.output, resume=args.resume, progress=False if args.quiet else None,
-                 timeout=args.timeout)
+                 timeout=args.timeout, tp_size=args.tp_size)
     if not is_main_rank():
         return 0
     if args.json:
@@ -121,7 +121,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     out = out_folder(args.out) if is_main_rank() else None  # every output is checked before the sweep
     plot = image_path(args.plot) if args.plot else None
     warn_if_synthetic(args.model)
-    sweep = Sweep(modes=args.modes, num_processes=args.num_processes, batch_sizes=args.batch_sizes,
+    sweep = Sweep(modes=args.modes, num_processes=args.num_processes, tp_sizes=args.tp_sizes,
+                  batch_sizes=args.batch_sizes,
                   max_new_tokens=args.max_new_tokens, model=args.model, prompts=tuple(read_prompts(args.prompts)),
                   prompt_set=args.prompt_set or (args.prompts or "default"), repeats=args.repeats,
                   bandwidth_gbs=args.bandwidth_gbs, token_budget=args.token_budget)
@@ -156,6 +157,8 @@ def add_bench_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--modes", type=mode_list, default=("naive", "batched"),
                         help=f"comma-separated, from: {', '.join(mode_names())}")
     parser.add_argument("--num-processes", type=int_list, default=(1, 2), help="comma-separated, e.g. 1,2,4")
+    parser.add_argument("--tp-sizes", type=int_list, default=(1,),
+                        help="comma-separated tensor-parallel sizes, e.g. 1,2 (those that divide a process count run)")
     parser.add_argument("--batch-sizes", type=int_list, default=(DEFAULTS.batch_size,),
                         help="comma-separated, e.g. 8,16,32")
     parser.add_argument("--max-new-tokens", type=int_list, default=(DEFAULTS.max_new_tokens,), help="comma-separated")
@@ -173,6 +176,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     """Options of the commands that run one mode."""
     add_workload_options(parser)
     parser.add_argument("--max-new-tokens", type=positive_int, default=DEFAULTS.max_new_tokens)
+    parser.add_argument("--tp-size", type=positive_int, default=DEFAULTS.tp_size,
+                        help="processes that split one copy of the model (tensor parallelism); "
+                             "--num-processes / --tp-size copies split the prompts")
     parser.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size,
                         help="prompts per batch (" + ", ".join(n for n, m in MODES.items() if m.knob == "batch_size")
                         + ")")

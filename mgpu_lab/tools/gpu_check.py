@@ -30,6 +30,7 @@ BENCH_PROMPTS = 64  # enough for one batch of 64; naive (one prompt at a time) d
 BENCH_NEW_TOKENS = 32  # 64 x 32 one-by-one steps of a 7B model fit the 8-minute budget with room to spare
 AGREEMENT_NEW_TOKENS = 48
 AGREEMENT_DTYPES = ("float32", "bfloat16", "float16")  # fp16 stands in for a T4 (compute capability 7.5)
+TP_MODEL = "small"  # a checkpoint (a shape preset is built whole in each process and cannot be split)
 BUDGET_S = 8 * 60  # the whole check; a step gets at most its own limit and what is left of this
 
 
@@ -47,17 +48,23 @@ class Step:
         return shlex.join(self.argv) + f"  > {self.log}"
 
 
-def plan(out: Path) -> list[Step]:
-    """The steps of the check, most valuable first (a GPU lease may end early), writing into `out`."""
+def plan(out: Path, gpus: int = 1) -> list[Step]:
+    """The steps of the check, most valuable first (a GPU lease may end early), writing into `out`.
+
+    With 2 GPUs or more, a tensor-parallel step: 2 DP processes against one replica of TP 2 (records in out/tp).
+    """
     py = (sys.executable, "-m", "mgpu_lab")
     bench = (*py, "bench", "--model", BENCH_MODEL, "--num-processes", "1",
              "--modes", "naive,batched,budget,continuous", "--batch-sizes", "16,64",
              "--max-new-tokens", str(BENCH_NEW_TOKENS), "--prompts", str(out / "prompts.txt"),
              "--prompt-set", f"article-{BENCH_PROMPTS}", "--repeats", "1", "--out", str(out), "--json")
+    tp = (*py, "bench", "--model", TP_MODEL, "--modes", "batched", "--num-processes", "2", "--tp-sizes", "1,2",
+          "--max-new-tokens", str(BENCH_NEW_TOKENS), "--repeats", "1", "--out", str(out / "tp"), "--json")
     return [
         Step("doctor", (*py, "doctor"), "doctor.txt", 60),
         Step("bench", bench, "bench.txt", 210),
         Step("agreement", (*py, "gpu-check", "--step", "agreement", "--out", str(out)), "agreement.txt", 90),
+        *([Step("tp", tp, "tp.txt", 90)] if gpus >= 2 else []),
         # H200, second session: 115 s with lesson 3's launches failing early; running them whole takes longer,
         # and lessons 2-3 with the shape preset more (not yet measured on a GPU)
         Step("lessons", (*py, "gpu-check", "--step", "lessons", "--out", str(out)), "lessons.txt", 420),
@@ -293,7 +300,7 @@ def run(args: argparse.Namespace) -> int:
     gpus = count_gpus()
     gpu_records = records_dir() / "gpu"
     out = Path(args.out) if args.out else (device_folder(gpu_records) if gpus else gpu_records / "<gpu>")
-    steps = plan(out)
+    steps = plan(out, gpus)
     if args.dry_run or not gpus:
         if not gpus:
             print("No GPU found: gpu-check needs a CUDA GPU and did nothing." +
@@ -301,6 +308,9 @@ def run(args: argparse.Namespace) -> int:
         if args.dry_run:
             print(f"Would write into {out}/ (first the {BENCH_PROMPTS} prompts as prompts.txt):")
             print(*(f"  [{s.name}, at most {s.timeout_s} s] {s.shell()}" for s in steps), sep="\n")
+            if gpus < 2:
+                print(f"  (the tp step, 2 DP processes against TP 2, is skipped: it needs 2 GPUs, this machine has "
+                      f"{gpus})")
             print(f"The whole check stops after {BUDGET_S} s: a step gets at most its own limit and what is left.")
         return 0
     out.mkdir(parents=True, exist_ok=True)

@@ -57,3 +57,11 @@ def budget_batches(lengths: list[int], new_tokens: int, budget: int) -> list[lis
         else:
             batches.append([position])
     return batches
+
+
+def layout(weights: float, kv_cache: float, gpu_bytes: float, gpus: int, heads: int) -> tuple[int, int] | None:
+    """Lesson 6: the smallest TP size whose share of one copy fits a GPU and that divides the GPUs and the heads."""
+    for tp in range(1, gpus + 1):
+        if gpus % tp == 0 and heads % tp == 0 and (weights + kv_cache) / tp <= gpu_bytes:
+            return gpus // tp, tp
+    return None

@@ -118,6 +118,7 @@ def one_prompt_per_batch(lengths, new_tokens, budget):
 @pytest.mark.parametrize("check, solution", [
     (exercises.check_squares, solutions.squares), (exercises.check_restore, solutions.restore),
     (exercises.check_calls, solutions.calls), (exercises.check_budget_batches, solutions.budget_batches),
+    (exercises.check_layout, solutions.layout),
 ])
 def test_check_accepts_the_solution(capsys, check, solution):
     assert check(solution) is True
@@ -153,6 +154,12 @@ def test_check_accepts_the_solution(capsys, check, solution):
     (exercises.check_budget_batches, lambda lengths, new, budget: solutions.budget_batches(lengths, 0, budget),
      "rows x (longest prompt + new tokens)"),
     (exercises.check_budget_batches, budget_batches, "the kit's own budget_batches"),
+    (exercises.check_layout, lambda w, kv, gpu, n, heads: (1, n), "you said (1, 4)"),
+    (exercises.check_layout, lambda w, kv, gpu, n, heads: solutions.layout(w, 0, gpu, n, heads), "the answer is (1, 4)"),
+    (exercises.check_layout, lambda w, kv, gpu, n, heads: solutions.layout(w, kv, gpu, n, math.factorial(8)),
+     "12 heads: you said (1, 8)"),
+    (exercises.check_layout, lambda w, kv, gpu, n, heads: tuple(reversed(solutions.layout(w, kv, gpu, n, heads))),
+     "the answer is (4, 1)"),
 ])
 def test_check_rejects_a_wrong_answer_with_a_hint(capsys, check, wrong, hint):
     assert check(wrong) is False

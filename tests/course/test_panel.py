@@ -56,5 +56,20 @@ def test_run_from_panel_rejects_batch_size_zero():
                         "max_new_tokens": 4, "batch_size": 0}, [])
 
 
+def test_the_tp_size_is_offered_only_where_several_processes_run():
+    found = parts(panel(num_processes=2))
+    assert found["TP size"].layout.display is None and found["TP size"].value == 1
+    found["TP size"].value = 2
+    found["processes"].value = 1
+    assert found["TP size"].layout.display == "none" and found["TP size"].value == 1
+
+
+def test_a_tp_size_that_does_not_divide_the_processes_is_one_red_line():
+    box = panel(prompts=PROMPTS, max_new_tokens=4, num_processes=3)
+    parts(box)["TP size"].value = 2
+    (shown,) = click(box)
+    assert shown["data"]["text/plain"].startswith("Error: 3 process(es) cannot form replicas of tp_size=2 ranks.")
+
+
 def test_process_choices_are_one_to_four_on_cpu():
     assert parts(panel())["processes"].options == (1, 2, 3, 4)

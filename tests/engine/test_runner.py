@@ -9,14 +9,19 @@ from mgpu_lab.engine.generate import generate_naive
 from mgpu_lab.engine.results import Completion
 from mgpu_lab.engine.launch import LaunchError, launch
 from mgpu_lab.engine.prompts import default_prompts
+from mgpu_lab.engine.tensor_parallel import Layout
 
 pytestmark = pytest.mark.multiprocess
 
 
 def gathered_shares(count: int) -> list:
-    """Each rank's share of `count` items, gathered: what split_for_rank hands out."""
+    """Each rank's share of `count` items, gathered: what split_for_rank hands out, checked equal to accelerate's."""
     accelerator = Accelerator()
-    return gather_object([[i for i, _ in split_for_rank(list(enumerate(range(count))), accelerator)]])
+    items = list(enumerate(range(count)))
+    mine = split_for_rank(items, Layout.of(accelerator.process_index, accelerator.num_processes, 1))
+    with accelerator.split_between_processes(items) as theirs:
+        assert mine == theirs
+    return gather_object([[i for i, _ in mine]])
 
 
 @pytest.mark.parametrize("count, processes", [(0, 2), (1, 2), (2, 3), (10, 4), (100, 3), (7, 1)])

@@ -23,8 +23,24 @@ REQUIRED = {"mode", "num_processes", "batch_size", "model", "tokens_per_s", "gen
 
 def test_points_skip_batch_sizes_where_a_mode_has_none():
     sweep = Sweep(modes=("naive", "batched"), num_processes=(1, 2), batch_sizes=(4, 8))
-    assert sweep.points() == [("naive", 1, None, 100), ("naive", 2, None, 100), ("batched", 1, 4, 100),
-                              ("batched", 1, 8, 100), ("batched", 2, 4, 100), ("batched", 2, 8, 100)]
+    assert sweep.points() == [("naive", 1, 1, None, 100), ("naive", 2, 1, None, 100), ("batched", 1, 1, 4, 100),
+                              ("batched", 1, 1, 8, 100), ("batched", 2, 1, 4, 100), ("batched", 2, 1, 8, 100)]
+
+
+def test_a_tp_size_runs_only_with_the_process_counts_it_divides():
+    sweep = Sweep(modes=("batched",), num_processes=(1, 2, 3), tp_sizes=(1, 2), batch_sizes=(4,))
+    assert [(n, t) for _, n, t, _, _ in sweep.points()] == [(1, 1), (2, 1), (2, 2), (3, 1)]
+
+
+def test_bench_cli_records_tp_size_and_bytes_per_process(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "mgpu_lab", "bench", "--modes", "batched", "--tp-sizes", "1,2",
+                           "--num-processes", "2", "--max-new-tokens", "3", "--repeats", "1", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    records = load_records(tmp_path / "records.jsonl")
+    assert [(r["tp_size"], r["replicas"]) for r in records] == [(1, 2), (2, 1)]
+    assert records[1]["parameter_bytes"] < 0.65 * records[0]["parameter_bytes"]
+    assert "2 DP" in done.stdout and "TP 2" in done.stdout and "MB/proc" in done.stdout
 
 
 @pytest.fixture(scope="module")

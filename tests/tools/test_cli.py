@@ -38,6 +38,9 @@ def test_naive_human_output_shows_summary_and_split():
     (["batched", "--prompts", "missing.txt"], "error: Prompt file missing.txt does not exist"),
     (["batched", "--batch-size", "0"], "must be >= 1"),
     (["hello", "--num-processes", "0"], "must be >= 1"),
+    (["batched", "--num-processes", "3", "--tp-size", "2"], "cannot form replicas of tp_size=2 ranks. Fix:"),
+    (["batched", "--num-processes", "3", "--tp-size", "3"], "which tp_size=3 does not divide. Fix:"),
+    (["batched", "--model", "shape:llama2-7b", "--tp-size", "2"], "is built whole in memory. Fix:"),
 ])
 def test_mistakes_are_one_line_errors(args, message):
     done = cli(*args, check=False)
@@ -154,3 +157,21 @@ def test_an_empty_mode_name_is_named():
 
     with pytest.raises(ArgumentTypeError, match="'naive,,batched' holds an empty mode name"):
         mode_list("naive,,batched")
+
+
+def test_torchrun_two_loopback_nodes_split_one_model_with_tp_size(tmp_path):
+    from mgpu_lab.engine.launch import free_port
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(default_prompts()[:6]) + "\n")
+    port, common = str(free_port()), ["--json", "--max-new-tokens", "5", "--tp-size", "2", "--prompts", str(prompts)]
+    nodes = [subprocess.Popen(["torchrun", "--nnodes", "2", "--node_rank", str(rank), "--nproc_per_node", "1",
+                               "--master_addr", "127.0.0.1", "--master_port", port, "-m", "mgpu_lab", "batched",
+                               *common], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), outputs
+    split = json.loads(outputs[0][0])
+    alone = json.loads(cli("batched", "--json", "--max-new-tokens", "5", "--num-processes", "1",
+                           "--prompts", str(prompts)).stdout)
+    assert len(split["results"]) == 6 and (split["summary"]["tp_size"], split["summary"]["replicas"]) == (2, 1)
+    assert [r["token_ids"] for r in split["results"]] == [r["token_ids"] for r in alone["results"]]

@@ -40,6 +40,15 @@ def test_dry_run_prints_every_step_with_its_command(tmp_path):
     assert "--batch-sizes 16,64" in done.stdout
     assert "The whole check stops after 480 s" in done.stdout  # the 8-minute budget
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
+    assert "the tp step, 2 DP processes against TP 2, is skipped: it needs 2 GPUs, this machine has 0" in done.stdout
+
+
+def test_dry_run_on_two_gpus_adds_the_tensor_parallel_step(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(gpu_check, "count_gpus", lambda: 2)
+    assert gpu_check.run(gpu_check.argparse.Namespace(step=None, out=str(tmp_path), dry_run=True)) == 0
+    out = capsys.readouterr().out
+    assert "  [tp, at most 90 s]" in out and "--num-processes 2 --tp-sizes 1,2" in out and "skipped" not in out
+    assert not any(tmp_path.iterdir())
 
 
 def python_step(name: str, code: str, limit_s: int) -> gpu_check.Step:
