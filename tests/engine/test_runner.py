@@ -91,8 +91,8 @@ def test_unknown_mode_fails_before_launch():
 
 def test_the_json_summary_keeps_the_names_it_had_as_a_dict():
     # the command line's --json printed these keys, in this order, before the summary became a dataclass
-    # (partial_dropped joined them with the resume checks)
-    names = ["mode", "model", "dtype", "device", "num_processes", "knob", "batch_size", "token_budget",
+    # (tp_size and replicas joined them with tensor parallelism, partial_dropped with the resume checks)
+    names = ["mode", "model", "dtype", "device", "num_processes", "tp_size", "replicas", "knob", "batch_size", "token_budget",
              "mean_batch_size", "max_new_tokens", "prompts", "reused", "partial_dropped", "prompt_tokens", "generated_tokens",
              "stopped_at_eos", "padded_tokens", "padding_ratio", "wall_s", "tokens_per_s"]
     result = run("batched", "tiny", PROMPTS[:3], num_processes=1, max_new_tokens=3, verbose=False)
