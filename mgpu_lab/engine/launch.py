@@ -190,7 +190,8 @@ def _start_and_watch(plan: LaunchPlan, child_args: tuple, extra_env: dict, bar: 
     """Start every process (notebook_launcher for two or more), wait for them, and name the one that failed."""
     n = plan.num_processes
     env = dict(ACCELERATE_USE_CPU="yes" if plan.device == "cpu" else "no", OMP_NUM_THREADS=plan.threads_per_process,
-               TOKENIZERS_PARALLELISM="false", TORCHELASTIC_SIGNALS_TO_HANDLE=ELASTIC_SIGNALS, **extra_env)
+               TOKENIZERS_PARALLELISM="false", TORCHELASTIC_SIGNALS_TO_HANDLE=ELASTIC_SIGNALS,
+               PYTORCH_NVML_BASED_CUDA_CHECK="1", **extra_env)  # notebook_launcher's GPU count must not start CUDA
     start = forked_alone(child_args) if n == 1 else through_notebook_launcher(n, plan.port, child_args)
     processes, starter = start_and_watch(start, env, n, bar)
     folder = child_args[2]

@@ -94,6 +94,8 @@ def start_and_watch(start: Callable[[], None], env: dict, count: int, bar: Bar |
                     starter.abandon()
             starter.join()
             processes.update(_new_processes(before))
+            if bar:
+                bar.refresh()  # the final counts
         except KeyboardInterrupt:
             processes.update(_new_processes(before))
             stopped = stop(processes.values())
