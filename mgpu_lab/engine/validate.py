@@ -9,6 +9,7 @@ import os
 import tempfile
 from pathlib import Path
 
+MIN_TIMEOUT_S = 1  # below this a launch's processes cannot even join their group in time
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -37,7 +38,7 @@ def run_inputs(prompts: object, num_processes: object, token_budget: object = No
     if token_budget is not None:
         whole_number("token_budget", token_budget)
     if timeout is not None:
-        positive_number("timeout", timeout)
+        launch_timeout(timeout)
     if output is not None:
         output_file(output)
     if num_processes is not None:
@@ -165,6 +166,15 @@ def torchrun_env(num_processes: int | tuple[int, ...] | None, environ: dict | No
         raise ValueError(f"Under torchrun the process count is fixed by WORLD_SIZE={world}, but "
                          f"{', '.join(map(str, asked))} process(es) were asked for. "
                          f"Fix: pass --num-processes {world}, or leave it out.")
+
+
+def launch_timeout(value: object) -> float:
+    """A launch's timeout: a number of seconds long enough for the processes to start and join their group."""
+    seconds = positive_number("timeout", value)
+    if seconds < MIN_TIMEOUT_S:
+        raise ValueError(f"timeout must be at least {MIN_TIMEOUT_S} s (the processes need about that long to start "
+                         f"and join their group), got {value}. Fix: leave it out (300 s) or pass a larger one.")
+    return seconds
 
 
 def _env_int(environ: dict, name: str) -> int:

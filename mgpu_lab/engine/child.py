@@ -1,0 +1,110 @@
+"""What runs in each launched process: join the group, call the function, send rank 0's result back, leave."""
+
+from __future__ import annotations
+
+import ctypes
+import datetime
+import gc
+import io
+import json
+import os
+import pickle
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from accelerate.state import PartialState
+from accelerate.utils import parse_flag_from_env
+
+RESULT_FILE = "result.pkl"
+MAIN_OUTPUT = "stdout-rank0.txt"
+
+
+def run_child(fn: Callable[..., Any], args: tuple, folder: Path, threads: int, timeout: float, stdout, stderr) -> None:
+    """Runs in each forked process: call fn, save rank 0's result and output, record any failure for the parent.
+
+    Rank 0's prints are captured and printed by the parent when the launch ends: streamed from a forked process
+    into a Jupyter kernel, they could arrive after the kernel's own next line. Whatever fails here (the function,
+    sending the result back, leaving the group; any exception, KeyboardInterrupt and SystemExit included) is written
+    to a report the parent reads, and the process exits with code 1.
+    """
+    # Never collect what was inherited from the parent: a stale torch TCPStore from an earlier launch's agent,
+    # freed here, joins a thread that does not exist in this process and hangs for ever (seen inside a gather).
+    gc.freeze()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches every process; the parent stops them all
+    _die_with_parent()
+    _no_library_bars()
+    rank = int(os.environ.get("RANK", "0"))
+    _write(folder / f"pid-rank{rank}", str(os.getpid()))
+    sys.stdout, sys.stderr = io.StringIO() if rank == 0 else stdout, stderr
+    torch.set_num_threads(threads)
+    step = "joining the process group"
+    try:
+        join_group(timeout)
+        step = ""
+        result = fn(*args)
+        step = "sending its result back"
+        if rank == 0:
+            (folder / RESULT_FILE).write_bytes(pickle.dumps(result))
+        step = "leaving the process group"
+        leave_group()
+    except BaseException as error:  # noqa: B036 - every way out of the function is reported, then exit code 1
+        _report(folder, rank, error, step)
+        raise SystemExit(1) from None
+    finally:
+        if rank == 0:
+            (folder / MAIN_OUTPUT).write_text(sys.stdout.getvalue())
+        sys.stderr.flush()
+    (folder / f"finished-rank{rank}").touch()
+
+
+def join_group(timeout: float) -> None:
+    """Make the process group now, with our timeout, so a peer that never arrives ends the run in bounded time."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # The Accelerator that fn makes reuses this state (and its process group).
+        PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), timeout=datetime.timedelta(seconds=timeout))
+
+
+def leave_group() -> None:
+    """Wait for every rank, then close the process group, so no rank exits while a peer still needs it."""
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def error_line(error: BaseException) -> str:
+    """`Name: message`, or just the name when the message is empty (a bare KeyboardInterrupt)."""
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _report(folder: Path, rank: int, error: BaseException, step: str) -> None:
+    """Write what went wrong in this process, and where, for the parent to name it."""
+    report = {"error": error_line(error), "step": step, "traceback": traceback.format_exc()}
+    _write(folder / f"error-rank{rank}.json", json.dumps(report))
+
+
+def _write(path: Path, text: str) -> None:
+    """Write a file whole or not at all: a process stopped while writing leaves no half-written report."""
+    staged = path.with_name(f".{path.name}.tmp")
+    staged.write_text(text)
+    os.replace(staged, path)
+
+
+def _die_with_parent() -> None:
+    """On Linux, have the kernel SIGKILL this process if its parent dies (a killed notebook or terminal)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
+def _no_library_bars() -> None:
+    """No transformers progress bar (from_pretrained's) in a child process.
+
+    A forked process cannot draw in a notebook, and ipykernel logs every attempt; the kit's own bar is the parent's.
+    """
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read by transformers when a child imports it
+    if "transformers" in sys.modules:  # imported before the fork: switch it off there too
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
