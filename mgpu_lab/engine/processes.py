@@ -141,7 +141,7 @@ def _signal(pid: int, number: int) -> None:
 
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-    """Keep torch elastic's log lines and notebook_launcher's "Launching training on N CUDAs" line out of sight.
+    """Keep torch elastic's log lines and notebook_launcher's "Launching training on N CUDAs/CPUs" line out of sight.
 
     The kit prints its own truthful line, and names any failure itself; the children write to the streams they
     were given, not to sys.stdout, so nothing of theirs is lost.

@@ -15,6 +15,7 @@ from importlib import metadata, resources
 from typing import Callable
 
 from ..engine.validate import port as port_number
+from . import versions
 from .arguments import Parser, cli_type
 
 # Nothing here imports a package from outside the standard library at the top (not torch, not even `packaging`):
@@ -34,11 +35,12 @@ class Check:
     ok: bool
     detail: str
     fix: str = ""
+    note: bool = False  # passed, with something to know: "NOTE name detail. Fix: ..."
 
     def line(self) -> str:
-        """The check as one line: "PASS name detail" or "FAIL name detail. Fix: ..."."""
-        text = f"{'PASS' if self.ok else 'FAIL'} {self.name} {self.detail}"
-        return text if self.ok or not self.fix else f"{text} Fix: {self.fix}"
+        """The check as one line: "PASS name detail", "NOTE name detail. Fix: ..." or "FAIL name detail. Fix: ..."."""
+        text = f"{'NOTE' if self.note else 'PASS' if self.ok else 'FAIL'} {self.name} {self.detail}"
+        return text if (self.ok and not self.note) or not self.fix else f"{text} Fix: {self.fix}"
 
 
 def installed_version(package: str) -> str | None:
@@ -80,6 +82,17 @@ def check_package(package: str) -> Check:
     if release(found) < release(minimum):
         return Check(package, False, f"{found}: the kit needs {package} >={minimum}.", fix)
     return Check(package, True, found)
+
+
+def check_tested_set() -> Check:
+    """Each installed package of the tested set is at the version the suite and the saved outputs were checked with."""
+    pinned, present = versions.tested_set(), versions.installed()
+    drift = versions.differences(pinned, present)
+    if not drift:
+        return Check("tested set", True, "every installed package is at its tested version")
+    return Check("tested set", True, f"{len(drift)} package(s) differ from the versions the lessons were checked with "
+                 f"({', '.join(drift)}): lessons should still run, but saved outputs and tests may differ.",
+                 versions.install_fix(versions.drifted(pinned, present)), note=True)
 
 
 def needs_imports(name: str) -> Callable[[Callable[..., Check]], Callable[..., Check]]:
@@ -178,8 +191,8 @@ def check_model_loads(name: str = "tiny") -> Check:
 def checks(model: str, port: int) -> list[Callable[[], Check]]:
     """Every check, in the order the doctor runs them; the launch runs before any model is loaded here."""
     packages = [partial(check_package, package) for package in dependencies()]
-    return [check_python, *packages, check_cuda_not_initialised, check_gpus, partial(check_port, port), check_launch,
-            partial(check_model_loads, model)]
+    return [check_python, *packages, check_tested_set, check_cuda_not_initialised, check_gpus, partial(check_port, port),
+            check_launch, partial(check_model_loads, model)]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
