@@ -11,7 +11,7 @@ from ..engine.batching import budget_batches, fixed_batches
 from ..engine.runner import run
 from .demos import who_gets_what
 from ..engine.generate import generate_batched
-from ..engine.results import Completion
+from ..engine.results import Completion, first_difference
 from ..launcher.launch import LaunchError, launch
 from ..engine.models import TINY, load_model, load_tokenizer
 from ..engine.prompts import default_prompts, varied_prompts
@@ -68,11 +68,6 @@ def compare_runs(these: list[Completion], those: list[Completion], dtype: str) -
         print(f"the others part ways: {where}{' ...' if len(differ) > 8 else ''}"
               + (" (in half precision a different batch shape rounds differently)" if dtype != "float32" else ""))
     return len(these) - len(differ)
-
-
-def first_difference(these: list[int], those: list[int]) -> int:
-    """How many leading tokens two generations share."""
-    return next((i for i, (a, b) in enumerate(zip(these, those)) if a != b), min(len(these), len(those)))
 
 
 def check_squares(fn: Callable[[], list[int]]) -> bool:

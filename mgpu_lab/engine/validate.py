@@ -7,6 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
+# the number checks live with the launcher, which needs them too; the rest of the kit finds them here
 from ..launcher.checks import MIN_TIMEOUT_S, launch_timeout, port, positive_number, whole_number  # noqa: F401
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -24,26 +25,6 @@ def prompt_list(prompts: object) -> tuple[str, ...]:
         if not prompt.strip():
             raise ValueError(f"prompts[{number}] is empty. Fix: remove it, or give it some text.")
     return tuple(prompts)
-
-
-def run_inputs(prompts: object, num_processes: object, token_budget: object = None, timeout: object = None,
-               output: object = None, resume: object = False, **counts: object) -> tuple[str, ...]:
-    """Check a run's prompts, counts, budget (None: measured), timeout, output file (and resume) and process count."""
-    if resume and output is None:
-        raise ValueError("resume=True (--resume) needs the output file to resume from. "
-                         "Fix: pass --output FILE.jsonl (output= in run()), or leave --resume out.")
-    for name, value in counts.items():
-        whole_number(name, value)
-    if token_budget is not None:
-        whole_number("token_budget", token_budget)
-    if timeout is not None:
-        launch_timeout(timeout)
-    if output is not None:
-        output_file(output)
-    if num_processes is not None:
-        whole_number("num_processes", num_processes)
-    torchrun_env(num_processes)
-    return prompt_list(prompts)
 
 
 def out_folder(path: str | Path, name: str = "--out") -> Path:

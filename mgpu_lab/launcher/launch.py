@@ -70,6 +70,11 @@ def already_launched() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
 
 
+def is_main_rank() -> bool:
+    """True in the process that launches (or runs alone), and on rank 0 under torchrun; False on its other ranks."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def check_parent_is_clean() -> None:
     """Refuse to fork when this process already holds CUDA or accelerate state the children would inherit."""
     if torch.cuda.is_initialized():

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..launcher.launch import count_gpus
-from ..engine.results import RunSummary
+from ..engine.results import RunSummary, first_difference
 from ..paths import records_dir
 
 LESSONS = ("01_hello_processes.ipynb", "02_naive_inference.ipynb", "03_batched_inference.ipynb")
@@ -146,14 +146,6 @@ def compare(reference: list, other: list) -> dict:
     diverge = [first_difference(a.token_ids, b.token_ids) for a, b in zip(reference, other)]
     differing = sorted(d for d in diverge if d is not None)
     return {"prompts": len(reference), "identical": len(reference) - len(differing), "diverge_at": differing}
-
-
-def first_difference(a: list[int], b: list[int]) -> int | None:
-    """The first position where two token lists differ, or None when they are equal."""
-    for position, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return position
-    return None if len(a) == len(b) else min(len(a), len(b))
 
 
 def agreement_prompts() -> list[str]:

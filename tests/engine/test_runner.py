@@ -4,7 +4,7 @@ import pytest
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
-from mgpu_lab.engine.runner import in_prompt_order, run, split_for_rank
+from mgpu_lab.engine.runner import in_prompt_order, run, share_of_replica
 from mgpu_lab.engine.generate import generate_naive
 from mgpu_lab.engine.results import Completion
 from mgpu_lab.launcher.launch import LaunchError, launch
@@ -15,10 +15,10 @@ pytestmark = pytest.mark.multiprocess
 
 
 def gathered_shares(count: int) -> list:
-    """Each rank's share of `count` items, gathered: what split_for_rank hands out, checked equal to accelerate's."""
+    """Each rank's share of `count` items, gathered: what share_of_replica hands out, checked equal to accelerate's."""
     accelerator = Accelerator()
     items = list(enumerate(range(count)))
-    mine = split_for_rank(items, Layout.of(accelerator.process_index, accelerator.num_processes, 1))
+    mine = share_of_replica(items, Layout.of(accelerator.process_index, accelerator.num_processes, 1))
     with accelerator.split_between_processes(items) as theirs:
         assert mine == theirs
     return gather_object([[i for i, _ in mine]])
@@ -60,13 +60,13 @@ def test_same_results_in_same_order_for_1_2_3_processes(reference, mode, process
     assert summary.num_processes == processes and summary.prompts == len(PROMPTS)
     assert summary.generated_tokens == sum(len(ids) for ids in reference)
     assert summary.tokens_per_s == pytest.approx(summary.generated_tokens / summary.wall_s, rel=1e-3)
-    assert sum(p["prompts"] for p in result.per_process) == len(PROMPTS)
+    assert sum(p.prompts for p in result.per_process) == len(PROMPTS)
 
 
 def test_more_processes_than_prompts_leaves_some_idle():
     result = run("batched", "tiny", PROMPTS[:2], num_processes=3, max_new_tokens=4, verbose=False)
     assert [c.prompt for c in result.results] == PROMPTS[:2]
-    assert [p["prompts"] for p in result.per_process] == [1, 1, 0]
+    assert [p.prompts for p in result.per_process] == [1, 1, 0]
 
 
 def test_empty_prompt_list_gives_an_empty_result():

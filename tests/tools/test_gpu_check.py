@@ -9,6 +9,7 @@ import pytest
 
 from mgpu_lab.engine import continuous
 from mgpu_lab.tools import gpu_check
+from mgpu_lab.engine.generate import Work
 from mgpu_lab.engine.results import Completion
 from mgpu_lab.launcher.launch import launch
 
@@ -104,7 +105,8 @@ def test_continuous_config_names_the_page_size_as_the_installed_transformers_doe
             self.block_size, self.num_blocks, self.max_batch_tokens = block_size, num_blocks, max_batch_tokens
 
     monkeypatch.setattr(continuous, "ContinuousBatchingConfig", OlderConfig)
-    config = continuous.cache_config([[1] * 10, [1] * 300], max_new_tokens=20, token_budget=64)
+    work = Work([(0, "short"), (1, "long")], [[1] * 10, [1] * 300], max_new_tokens=20)
+    config = continuous.cache_config(work, token_budget=64)
     assert (config.block_size, config.num_blocks, config.max_batch_tokens) == (256, 4, 300)
 
 
@@ -132,4 +134,4 @@ def test_a_request_the_scheduler_failed_is_an_error_not_a_result(tiny, monkeypat
     monkeypatch.setattr(continuous_api.ContinuousBatchProcessor, "_generation_step", broken_step)
     model, tokenizer = tiny
     with pytest.raises(RuntimeError, match="scheduler failed a request: .*a step that fails"):
-        continuous.generate_continuous(model, tokenizer, ["Hello there", "Another prompt"], 4, 256)
+        continuous.continuous_items(model, tokenizer, Work.of(tokenizer, ["Hello there", "Another prompt"], 4), 256)
