@@ -104,13 +104,12 @@ def generate_naive(model, tokenizer, prompts: list[str], max_new_tokens: int) ->
 
 
 def generate_batched(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = BATCH_SIZE,
-                     force_length: bool = False, padding_side: str = "left",
-                     add_special_tokens: bool = True) -> list[Completion]:
+                     padding_side: str = "left", add_special_tokens: bool = True) -> list[Completion]:
     """Batches of `batch_size` prompts in input order, left padded, one generate call per batch; in input order.
 
     The lessons pass padding_side="right" or add_special_tokens=False to show what goes wrong with them.
     """
-    work = Work.of(tokenizer, prompts, max_new_tokens, add_special_tokens, force_length)
+    work = Work.of(tokenizer, prompts, max_new_tokens, add_special_tokens)
     batches = fixed_batches(len(work.items), whole_number("batch_size", batch_size))
     return generate_items(model, tokenizer, work, batches, padding_side=padding_side)
 

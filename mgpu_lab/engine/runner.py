@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import torch
 from accelerate import Accelerator
@@ -127,7 +127,7 @@ def run_on_this_process(config: RunConfig) -> RunResult | None:
 
 
 def share_of_replica(items: list, layout: Layout) -> list:
-    """This replica's contiguous share of `items` (each already carrying its index), as accelerate splits; no padding."""
+    """This replica's contiguous share of `items` (each carrying its index), as accelerate splits; no padding."""
     size, extra = divmod(len(items), layout.replicas)  # the first `extra` replicas take one more
     start = layout.replica * size + min(layout.replica, extra)
     return items[start:start + size + (layout.replica < extra)]
