@@ -1,9 +1,12 @@
 """Data parallelism: every prompt gets exactly one result, in order, whatever the number of processes."""
 
+import os
+
 import pytest
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
+from mgpu_lab.engine import models, runner
 from mgpu_lab.engine.runner import in_prompt_order, run, share_of_replica
 from mgpu_lab.engine.generate import generate_naive
 from mgpu_lab.engine.results import Completion
@@ -99,3 +102,27 @@ def test_the_json_summary_keeps_the_names_it_had_as_a_dict():
     summary = result.to_dict()["summary"]
     assert list(summary) == names
     assert summary["prompts"] == 3 and summary["knob"] == "batch_size" and summary["token_budget"] is None
+
+
+def test_a_run_checks_its_model_once_and_gathers_once(tmp_path, monkeypatch):
+    """In the launching process the model is checked once; each process gathers once; no digest without a file."""
+    calls = tmp_path / "calls"
+
+    def counted(name, function):
+        def wrapper(*args, **kwargs):
+            with open(calls, "a") as log:  # one line a call, from whichever process makes it
+                log.write(f"{name} {os.getpid()}\n")
+            return function(*args, **kwargs)
+        return wrapper
+
+    check = counted("check_model", models.check_model)
+    monkeypatch.setattr(models, "check_model", check)
+    monkeypatch.setattr(runner, "check_model", check)
+    monkeypatch.setattr(models, "_sha256", counted("sha256", models._sha256))
+    monkeypatch.setattr(runner, "gather_object", counted("gather_object", runner.gather_object))
+    result = run("batched", "tiny", PROMPTS[:4], num_processes=2, max_new_tokens=2, verbose=False, progress=False)
+    assert [c.prompt for c in result.results] == PROMPTS[:4]
+    lines = [line.split() for line in calls.read_text().splitlines()]
+    assert sorted(name for name, _ in lines) == ["check_model", "gather_object", "gather_object"]  # no sha256
+    assert [pid for name, pid in lines if name == "check_model"] == [str(os.getpid())]  # here, before the launch
+    assert len({pid for name, pid in lines if name == "gather_object"}) == 2  # once in each process
