@@ -7,7 +7,6 @@ check's inputs fails; no hint shows the expected answer of a case the check uses
 from __future__ import annotations
 
 import functools
-import math
 import numbers
 import random
 from typing import Any, Callable
@@ -267,8 +266,10 @@ def padding(batches: list[list[int]], lengths: list[int]) -> float:
 
 GB, GiB = 10**9, 2**30  # model sizes in GB; a GPU's memory as vendors state it ("24 GB") is in GiB
 # (weights, KV cache, one GPU's memory, GPUs, attention heads) in bytes: a 7B, a 13B, a 13B with a big cache,
-# a 70B that needs the whole box, one of 8 GPUs whose 12 heads TP 8 does not divide, a 70B on too few GPUs.
+# a 70B that needs the whole box, one of 8 GPUs whose 12 heads TP 8 does not divide, a 70B on too few GPUs,
+# and a copy of 25.5 GB that fits one "24 GB" GPU only because that is 24 GiB (25.8 GB).
 LAYOUT_CASES = ((13.5 * GB, 4 * GB, 24 * GiB, 4, 32), (26 * GB, 4 * GB, 24 * GiB, 4, 40),
+                (22 * GB, 3.5 * GB, 24 * GiB, 4, 40),
                 (26 * GB, 40 * GB, 24 * GiB, 4, 40), (70 * GB, 10 * GB, 24 * GiB, 4, 32),
                 (110 * GB, 10 * GB, 24 * GiB, 8, 12), (140 * GB, 10 * GB, 24 * GiB, 4, 64))
 GPU_SIZES = (16, 24, 32, 40, 48, 80, 94, 141)  # GiB: common cards

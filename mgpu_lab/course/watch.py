@@ -102,10 +102,10 @@ def describe_call(model: Any, args: tuple, kwargs: dict) -> GenerateCall:
     mask = kwargs.get("attention_mask")
     rows = 0 if inputs is None else len(inputs)
     bos = getattr(model.config, "bos_token_id", None)
-    if inputs is None or bos is None:
+    if inputs is None or bos is None or (mask is None and rows > 1):  # no mask: padding cannot be told from text
         bos_missing = False
     elif mask is None:
-        bos_missing = any(int(row[0]) != bos for row in inputs)
+        bos_missing = int(inputs[0][0]) != bos
     else:
         firsts = mask.long().argmax(dim=1)  # the first real position of each row
         bos_missing = any(int(inputs[r, f]) != bos for r, f in enumerate(firsts.tolist()))
