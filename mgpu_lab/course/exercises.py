@@ -265,9 +265,9 @@ def padding(batches: list[list[int]], lengths: list[int]) -> float:
 
 
 GB, GiB = 10**9, 2**30  # model sizes in GB; a GPU's memory as vendors state it ("24 GB") is in GiB
-# (weights, KV cache, one GPU's memory, GPUs, attention heads) in bytes: a 7B, a 13B, a 13B with a big cache,
-# a 70B that needs the whole box, one of 8 GPUs whose 12 heads TP 8 does not divide, a 70B on too few GPUs,
-# and a copy of 25.5 GB that fits one "24 GB" GPU only because that is 24 GiB (25.8 GB).
+# (weights, KV cache, one GPU's memory, GPUs, attention heads) in bytes: a 7B, a 13B, a 13B of 25.5 GB that fits one
+# "24 GB" GPU only because that is 24 GiB (25.8 GB), a 13B with a big cache,
+# a 70B that needs the whole box, one of 8 GPUs whose 12 heads TP 8 does not divide, a 70B on too few GPUs.
 LAYOUT_CASES = ((13.5 * GB, 4 * GB, 24 * GiB, 4, 32), (26 * GB, 4 * GB, 24 * GiB, 4, 40),
                 (22 * GB, 3.5 * GB, 24 * GiB, 4, 40),
                 (26 * GB, 40 * GB, 24 * GiB, 4, 40), (70 * GB, 10 * GB, 24 * GiB, 4, 32),
