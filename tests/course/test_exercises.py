@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from mgpu_lab.course import batched_check, exercises
 from mgpu_lab.course.demos import what_each_process_sees
 from mgpu_lab.course.staircase import calls_on_busiest_rank
+from mgpu_lab.course.watch import describe_call
 from mgpu_lab.engine import launch as launch_module
 from mgpu_lab.engine.batching import budget_batches
 from mgpu_lab.engine.generate import generate_batched
@@ -371,16 +372,24 @@ def test_batched_function_check_names_each_usual_mistake(capsys, mistake, hint):
     assert out.startswith("✗ not yet:") and hint in out
 
 
-def test_a_hard_coded_max_new_tokens_is_named_and_nothing_is_regenerated(capsys, caplog):
-    """The hint comes from the learner's own calls: no right-padded re-generation warns into their cell."""
-    assert exercises.check_batched_function(batched_with(new_tokens=16)) in (False, True)  # True when 16 was drawn
-    captured = capsys.readouterr()
-    assert "right-padding" not in captured.out + captured.err + caplog.text
+def test_a_hard_coded_max_new_tokens_is_named_and_nothing_is_regenerated(capsys, monkeypatch):
+    """The hint comes from the learner's own calls: the check makes no right-padded generate call of its own, whose
+    transformers warning would land in the learner's cell though they padded left."""
+    from transformers.generation.utils import GenerationMixin
+
+    here, original = [], GenerationMixin.generate
+
+    def recorded(self, *args, **kwargs):  # in this process only: the launched processes are forks with their own copy
+        here.append(describe_call(self, args, kwargs))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(GenerationMixin, "generate", recorded)
     for _ in range(2):
         case = batched_check.draw_case()
         wrong = batched_with(new_tokens=case.max_new_tokens + 3)
         assert exercises.check_batched_function(wrong, case) is False
         assert "use the function's max_new_tokens argument" in capsys.readouterr().out
+    assert here and not any(call.right_padded or call.bos_missing for call in here)
 
 
 @pytest.mark.parametrize("style", [
