@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,13 +28,16 @@ def written(name: str, script: str, which: int = -1) -> str:
 
 
 def torchrun(folder: Path, script: str, body: str, *args: str) -> str:
-    """Write `body` as `script` in `folder` and run it under torchrun on 2 processes; return what they printed."""
+    """Write `body` as `script` in `folder`, run it under torchrun on 2 processes; return what each printed, by rank."""
     (folder / script).write_text(body)
-    env = {name: value for name, value in os.environ.items() if name not in ("PYTHONUNBUFFERED", "PYTHONPATH")}
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}  # no kit on the path
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           script, *args], cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+                           "--log-dir", "logs", "--redirects", "1", script, *args],
+                          cwd=folder, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
+    printed = "".join(next((folder / "logs").glob(f"*/attempt_0/{rank}/stdout.log")).read_text() for rank in (0, 1))
+    shutil.rmtree(folder / "logs")
+    return printed
 
 
 def test_the_articles_hello_makes_two_worlds_of_one_on_a_cpu_and_the_fix_makes_one_of_two(tmp_path):
