@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from ..engine.prompts import default_prompts, varied_prompts
 from .verdicts import attempt, verdict
 from .watch import Watched, watched_everywhere
 
-SHORTEST_POOL = 40  # prompts of up to this many tokens: short enough to run in seconds on a CPU
+SHORTEST_POOL = 40  # the pool's prompts have up to this many tokens: short enough to run in seconds on a CPU
 
 
 @dataclass(frozen=True)
@@ -35,11 +36,12 @@ class BatchedCase:
         return [list(range(starts[rank], starts[rank + 1])) for rank in range(self.processes)]
 
 
-def prompt_pool() -> list[str]:
+@functools.cache
+def prompt_pool() -> tuple[str, ...]:
     """The article's ten first lines and the varied set's short prompts."""
     varied = sorted(set(varied_prompts()))
     short = [p for p, n in zip(varied, prompt_lengths(load_tokenizer("tiny"), varied)) if n <= SHORTEST_POOL]
-    return default_prompts(repeat=1) + short
+    return tuple(default_prompts(repeat=1) + short)
 
 
 def draw_case(rng: random.Random | None = None) -> BatchedCase:
