@@ -19,7 +19,7 @@ class GenerateCall:
     """One model.generate call: how many rows, and how its batch was built."""
 
     rows: int
-    max_new_tokens: int | None  # as passed; None when the call left it to the generation config
+    max_new_tokens: int | None  # as passed, or as its generation config says; None when neither says
     right_padded: bool  # some row ends in padding (the attention mask ends in 0)
     bos_missing: bool  # some row's first real token is not BOS
     no_mask: bool  # several rows and no attention mask
@@ -109,7 +109,9 @@ def describe_call(model: Any, args: tuple, kwargs: dict) -> GenerateCall:
     else:
         firsts = mask.long().argmax(dim=1)  # the first real position of each row
         bos_missing = any(int(inputs[r, f]) != bos for r, f in enumerate(firsts.tolist()))
-    return GenerateCall(rows=rows, max_new_tokens=kwargs.get("max_new_tokens"),
+    config = kwargs.get("generation_config") or getattr(model, "generation_config", None)
+    new_tokens = kwargs.get("max_new_tokens", getattr(config, "max_new_tokens", None))
+    return GenerateCall(rows=rows, max_new_tokens=new_tokens,
                         right_padded=mask is not None and bool((mask[:, -1] == 0).any()),
                         bos_missing=bos_missing, no_mask=mask is None and rows > 1)
 
