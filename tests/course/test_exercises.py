@@ -9,7 +9,7 @@ import pytest
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import gather_object
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from mgpu_lab.course import batched_check, exercises
 from mgpu_lab.course.demos import what_each_process_sees
@@ -140,7 +140,7 @@ FIXED_BATCHES = solutions.budget_batches(FIXED_LENGTHS, 20, 2048)
 def batched_with(pad_token=True, padding_side="left", add_special_tokens=True, cut_prompt=True, cut_eos=True,
                  order=sorted, gather=True, split=True, one_at_a_time=False, whole_share=False, new_tokens=None,
                  no_mask=False, strided=False, attribute_padding=False, multiple_of_8=False, as_lists=False,
-                 explicit_tensors=False):
+                 explicit_tensors=False, via_config=False):
     """The lesson 3 solution with one of the usual mistakes, or one other correct style, switched on."""
     def batched(folder, prompts, max_new_tokens, batch_size):
         accelerator = Accelerator()
@@ -167,7 +167,9 @@ def batched_with(pad_token=True, padding_side="left", add_special_tokens=True, c
                     del batch["attention_mask"]
                 kwargs = dict(max_new_tokens=new_tokens or max_new_tokens, do_sample=False,
                               pad_token_id=tokenizer.eos_token_id)
-                if explicit_tensors:
+                if via_config:
+                    output = model.generate(**batch, generation_config=GenerationConfig(**kwargs))
+                elif explicit_tensors:
                     output = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                             **kwargs)
                 else:
@@ -394,7 +396,7 @@ def test_a_hard_coded_max_new_tokens_is_named_and_nothing_is_regenerated(capsys,
 
 @pytest.mark.parametrize("style", [
     {"strided": True}, {"attribute_padding": True}, {"multiple_of_8": True}, {"as_lists": True},
-    {"explicit_tensors": True},
+    {"explicit_tensors": True}, {"via_config": True},
 ])
 def test_batched_function_check_accepts_correct_answers_written_another_way(capsys, style):
     assert exercises.check_batched_function(batched_with(**style)) is True
