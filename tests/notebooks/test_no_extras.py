@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.browser
+pytestmark = pytest.mark.multiprocess
 ROOT = Path(__file__).resolve().parents[2]
 HIDDEN = "/usr/share/dict"
 HIDE_THE_WORD_LIST = f"""
