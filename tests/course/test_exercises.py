@@ -115,8 +115,13 @@ def one_prompt_per_batch(lengths, new_tokens, budget):
     return [[i] for i in range(len(lengths))]
 
 
+def launched(*values) -> pytest.param:
+    """A case whose check launches processes (check_squares always; check_restore for its shares, once each)."""
+    return pytest.param(*values, marks=pytest.mark.multiprocess)
+
+
 @pytest.mark.parametrize("check, solution", [
-    (exercises.check_squares, solutions.squares), (exercises.check_restore, solutions.restore),
+    launched(exercises.check_squares, solutions.squares), launched(exercises.check_restore, solutions.restore),
     (exercises.check_calls, solutions.calls), (exercises.check_budget_batches, solutions.budget_batches),
     (exercises.check_layout, solutions.layout),
 ])
@@ -126,18 +131,18 @@ def test_check_accepts_the_solution(capsys, check, solution):
 
 
 @pytest.mark.parametrize("check, wrong, hint", [
-    (exercises.check_squares, squares_without_a_list, "gather_object needs a list"),
-    (exercises.check_squares, squares_local_only, "process 0 returned [0] without gathering"),
-    (exercises.check_squares, squares_computed_in_one_process, "returned [0, 1, 4] without gathering"),
-    (exercises.check_squares, squares_written_out, "returned [0, 1, 4] without gathering"),
-    (exercises.check_squares, squares_through_the_kit, "the kit's what_each_process_sees gathered for you"),
-    (exercises.check_squares, not_done, "NotImplementedError"),
-    (exercises.check_restore, lambda shares, count: [p for s in shares for p in s][:count],
-     "10 prompts on 4 processes gave"),
-    (exercises.check_restore, lambda shares, count: list(range(count)), "not just the numbers"),
-    (exercises.check_restore, restore_by_text, "drop them by index"),
-    (exercises.check_restore, restore_the_article, "take each pair from shares"),
-    (exercises.check_restore, restore_the_lessons_shares, "take each pair from shares"),
+    launched(exercises.check_squares, squares_without_a_list, "gather_object needs a list"),
+    launched(exercises.check_squares, squares_local_only, "process 0 returned [0] without gathering"),
+    launched(exercises.check_squares, squares_computed_in_one_process, "returned [0, 1, 4] without gathering"),
+    launched(exercises.check_squares, squares_written_out, "returned [0, 1, 4] without gathering"),
+    launched(exercises.check_squares, squares_through_the_kit, "the kit's what_each_process_sees gathered for you"),
+    launched(exercises.check_squares, not_done, "NotImplementedError"),
+    launched(exercises.check_restore, lambda shares, count: [p for s in shares for p in s][:count],
+             "10 prompts on 4 processes gave"),
+    launched(exercises.check_restore, lambda shares, count: list(range(count)), "not just the numbers"),
+    launched(exercises.check_restore, restore_by_text, "drop them by index"),
+    launched(exercises.check_restore, restore_the_article, "take each pair from shares"),
+    launched(exercises.check_restore, restore_the_lessons_shares, "take each pair from shares"),
     (exercises.check_calls, lambda p, n, b: p / (n * b), "you said 6.25"),
     (exercises.check_calls, lambda p, n, b: math.ceil(p / b), "4 processes"),
     (exercises.check_calls, lambda p, n, b: p // (n * b) + 1, "for 96 prompts, 1 processes, batches of 16: you said 7"),
@@ -167,6 +172,7 @@ def test_check_rejects_a_wrong_answer_with_a_hint(capsys, check, wrong, hint):
     assert out.startswith("✗ not yet:") and hint in out
 
 
+@pytest.mark.multiprocess
 def test_batched_function_check_accepts_the_solution_on_any_machine(capsys, monkeypatch):
     monkeypatch.setattr(launch_module, "count_gpus", lambda: 1)  # a one-GPU box: the check still runs 2 CPU processes
     assert exercises.check_batched_function(solutions.batched_on_each_process) is True
@@ -185,6 +191,7 @@ def test_batched_function_check_accepts_the_solution_on_any_machine(capsys, monk
     ({"split": False}, "process 0 generated for 8 prompts, its share is 4"),
     ({"one_at_a_time": True}, "process 0 made 4 generate calls for its 4 prompts: batch them"),
 ])
+@pytest.mark.multiprocess
 def test_batched_function_check_names_each_usual_mistake(capsys, mistake, hint):
     assert exercises.check_batched_function(batched_with(**mistake)) is False
     out = capsys.readouterr().out
@@ -211,12 +218,14 @@ def batched_by_the_kit(folder, prompts, max_new_tokens, batch_size):
     (rows_from_elsewhere, "made no generate call"),
     (batched_by_the_kit, "the kit's generate_batched did the work"),
 ])
+@pytest.mark.multiprocess
 def test_batched_function_check_wants_the_work_done_in_the_function(capsys, wrong, hint):
     assert exercises.check_batched_function(wrong) is False
     out = capsys.readouterr().out
     assert out.startswith("✗ not yet:") and hint in out
 
 
+@pytest.mark.multiprocess
 def test_the_batched_mistakes_helper_without_mistakes_passes(capsys):
     """Guards the test above: each mistake is the only difference from a function the check accepts."""
     assert exercises.check_batched_function(batched_with()) is True
