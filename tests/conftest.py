@@ -11,7 +11,7 @@ import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SLOWER_TIERS = ("multiprocess", "notebook", "browser")
+SLOWER_TIERS = ("slow", "multiprocess", "notebook", "browser")
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects

@@ -64,6 +64,7 @@ def reference(tiny, short_varied):
     return generate_naive(model, tokenizer, short_varied, 10)
 
 
+@pytest.mark.slow
 def test_sorted_and_budget_equal_naive_in_input_order(tiny, short_varied, reference):
     model, tokenizer = tiny
     for out in (generate_sorted(model, tokenizer, short_varied, 10, 5),
@@ -72,6 +73,7 @@ def test_sorted_and_budget_equal_naive_in_input_order(tiny, short_varied, refere
         assert [c.token_ids for c in out] == [c.token_ids for c in reference]
 
 
+@pytest.mark.slow
 def test_sorting_cuts_padding_waste(tiny, short_varied):
     model, tokenizer = tiny
     from mgpu_lab.engine.generate import generate_batched
@@ -83,6 +85,7 @@ def test_sorting_cuts_padding_waste(tiny, short_varied):
     assert waste(generate_sorted(model, tokenizer, short_varied, 4, 8)) < in_order / 2
 
 
+@pytest.mark.slow
 def test_continuous_batching_matches_naive_on_the_bundled_model(tiny, short_varied, reference):
     model, tokenizer = tiny
     out = generate_continuous(model, tokenizer, short_varied, 10, 2048)

@@ -144,9 +144,8 @@ def test_children_use_one_thread_even_after_the_parent_used_several():
 
 
 @pytest.mark.multiprocess
-def test_cli_hello_prints_each_rank_once():
-    out = subprocess.run([sys.executable, "-m", "mgpu_lab", "hello", "--num-processes", "3"],
-                         capture_output=True, text=True, check=True).stdout
+def test_cli_hello_prints_each_rank_once(cli_in_process):
+    out = cli_in_process("hello", "--num-processes", "3").stdout
     assert [line.strip() for line in out.splitlines()[2:]] == [
         f"Hello from process {i} of 3 (device: cpu)" for i in range(3)]
 

@@ -35,6 +35,7 @@ def test_tiny_loads_fp32_on_cpu(tiny):
     assert model.dtype == torch.float32 and model.device.type == "cpu" and not model.training
 
 
+@pytest.mark.slow
 def test_small_builds_deterministically(small, tmp_path, monkeypatch):
     monkeypatch.setenv("MGPU_LAB_CACHE", str(tmp_path))  # a second build, beside the session's (conftest.py)
     builds = [load_file(small / "model.safetensors"), load_file(models.small_checkpoint() / "model.safetensors")]
@@ -101,6 +102,7 @@ def test_processes_building_small_together_get_one_complete_folder(tmp_path, mon
     assert models._is_complete(Path(folders[0]))
 
 
+@pytest.mark.slow
 def test_an_incomplete_folder_is_rebuilt(small_copy):
     folder = small_copy
     (folder / "config.json").unlink()  # what the old race left: tokenizer files only
@@ -196,6 +198,7 @@ def test_cpu_memory_is_shared_by_the_local_processes(monkeypatch):
     assert have == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4 and "4 process(es)" in where
 
 
+@pytest.mark.slow
 def test_built_preset_folder_is_readable_by_others(tmp_path, monkeypatch):
     monkeypatch.setenv("MGPU_LAB_CACHE", str(tmp_path))
     old = os.umask(0o022)
@@ -206,6 +209,7 @@ def test_built_preset_folder_is_readable_by_others(tmp_path, monkeypatch):
     assert folder.stat().st_mode & 0o777 == 0o755
 
 
+@pytest.mark.slow
 def test_a_cached_small_preset_that_changed_is_built_again(small_copy, capsys):
     folder = small_copy
     assert models.small_checkpoint() == folder
@@ -221,6 +225,7 @@ def test_a_cached_small_preset_that_changed_is_built_again(small_copy, capsys):
     assert models.small_checkpoint() == folder and models._is_sound(folder)
 
 
+@pytest.mark.slow
 def test_a_preset_from_an_older_kit_without_digests_is_built_again(small_copy):
     folder = small_copy
     (folder / models.DIGEST_FILE).unlink()
