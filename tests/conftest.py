@@ -71,6 +71,7 @@ def cli_in_process(monkeypatch, capfd):
         if cwd is not None:
             monkeypatch.chdir(cwd)
         monkeypatch.setattr(sys, "argv", ["mgpu_lab", *args])
+        monkeypatch.delitem(sys.modules, "ipykernel", raising=False)  # as in a terminal: no kernel to draw bars in
         capfd.readouterr()  # only this command's output
         with pytest.raises(SystemExit) as exited:
             runpy.run_module("mgpu_lab", run_name="__main__", alter_sys=True)
