@@ -3,7 +3,6 @@
 import math
 import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -155,7 +154,7 @@ def test_image_path_needs_a_known_format_and_a_writable_folder(tmp_path):
 
 def test_folders_of_dead_launches_are_removed(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True)  # a process that has ended
     dead, alive = tmp_path / f"mgpu_lab-{gone.stdout.strip()}-abc", tmp_path / f"mgpu_lab-{os.getpid()}-abc"
     dead.mkdir(), alive.mkdir()
     with LaunchFolder.create() as folder:

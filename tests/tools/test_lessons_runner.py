@@ -46,6 +46,7 @@ def test_copies_for_a_workshop_room_never_overwrite_work(tmp_path):
         copy_lessons(tmp_path)
 
 
+@pytest.mark.multiprocess
 def test_a_lesson_runs_in_the_output_folder_and_prints_no_transport_warning(tmp_path):
     done = subprocess.run([sys.executable, "-c", RUN_ONE, str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
