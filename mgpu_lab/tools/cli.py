@@ -78,7 +78,7 @@ def cmd_lessons(args: argparse.Namespace) -> int:
     """The main job: every lesson notebook, end to end, on the bundled model."""
     from .lessons_runner import run_lessons  # needs jupyter's packages, which a minimal GPU box may lack
 
-    return run_lessons(Path(args.out))
+    return run_lessons(Path(args.out), force=args.force)
 
 
 def cmd_notebooks(args: argparse.Namespace) -> int:
@@ -219,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     lessons = commands.add_parser("lessons", help="run every lesson notebook end to end")
     lessons.add_argument("--out", default=str(results_dir() / "lessons"),
                          help="where the executed notebooks go (default: %(default)s)")
+    lessons.add_argument("--force", action="store_true",
+                         help="overwrite notebooks in --out that this command did not write, or that were edited since")
     lessons.set_defaults(handler=cmd_lessons)
     notebooks = commands.add_parser("notebooks",
                                     help="copy the lesson notebooks, outputs cleared, into a folder (a workshop room)")
