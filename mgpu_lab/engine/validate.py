@@ -97,14 +97,36 @@ def output_file(path: object, name: str = "output") -> Path:
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{name} {path} is a folder. Fix: pass a file name such as {path / 'completions.jsonl'}.")
-    if is_link_loop(path) or path.exists() and not path.is_file():
-        what = "a loop of symbolic links" if is_link_loop(path) else "not a regular file (a device, a pipe)"
+    if is_link_loop(path) or path.exists() and not path.is_file() or is_stream(path):
+        what = ("a loop of symbolic links" if is_link_loop(path) else "not a regular file (a device, a pipe)"
+                if path.exists() and not path.is_file() else "standard input, output or error, or a device")
         raise ValueError(f"{name} {path} is {what}, which cannot hold completions to resume. "
                          "Fix: pass a file such as completions.jsonl.")
     out_folder(path.parent, f"the folder of {name}")
     if path.exists() and not os.access(path, os.W_OK):
         raise ValueError(f"{name} {path} cannot be written (no permission). Fix: pass a file you can write to.")
     return path
+
+
+def is_stream(path: Path) -> bool:
+    """True for a path under /dev or /proc (/dev/stdout, /proc/self/fd/1), or one that is the file behind standard
+    input, output or error: when they are redirected to a file, /dev/stdout is that regular file."""
+    if Path(os.path.abspath(path)).parts[1:2] in (("dev",), ("proc",)):
+        return True
+    try:
+        target = os.stat(path)
+    except OSError:
+        return False
+    return any(os.path.samestat(target, os.fstat(fd)) for fd in (0, 1, 2) if _is_open(fd))
+
+
+def _is_open(fd: int) -> bool:
+    """True when file descriptor `fd` is open in this process."""
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
 
 
 def is_link_loop(path: Path) -> bool:
@@ -127,6 +149,9 @@ def image_path(path: str | Path, name: str = "--plot") -> Path:
                          f"Fix: end it in one of .{', .'.join(formats)} (e.g. scaling.png).")
     if path.is_dir():
         raise ValueError(f"{name} {path} is a folder. Fix: pass a file name such as {path / 'scaling.png'}.")
+    if is_stream(path):
+        raise ValueError(f"{name} {path} is standard input, output or error, or a device. "
+                         "Fix: pass a file name such as scaling.png.")
     out_folder(path.parent, f"the folder of {name}")
     return path
 
