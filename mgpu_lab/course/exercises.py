@@ -12,7 +12,7 @@ from ..engine.runner import run
 from .demos import who_gets_what
 from ..engine.generate import generate_batched
 from ..engine.results import Completion
-from ..engine.launch import LaunchError, launch
+from ..launcher.launch import LaunchError, launch
 from ..engine.models import TINY, load_model, load_tokenizer
 from ..engine.prompts import default_prompts, varied_prompts
 from .memory import best_layout
@@ -77,7 +77,7 @@ def first_difference(these: list[int], those: list[int]) -> int:
 
 def check_squares(fn: Callable[[], list[int]]) -> bool:
     """Lesson 1: `fn`, run on 3 processes, must gather every rank's square itself, in rank order."""
-    seen, problem = attempt(launch, watched, fn, num_processes=3, verbose=False, cpu=True)
+    seen, problem = attempt(launch, watched, (fn,), num_processes=3, verbose=False, cpu=True)
     if problem:
         return verdict(False, "", problem + " (gather_object needs a list: wrap your value in [ ])")
     hint = _squares_hint(seen)
@@ -97,7 +97,7 @@ def _squares_hint(seen: Watched) -> str:
 @functools.cache
 def padded_index_shares(count: int, processes: int) -> tuple[tuple[int, ...], ...]:
     """The prompt indices each of `processes` processes receives of `count` prompts, apply_padding=True."""
-    return tuple(map(tuple, launch(who_gets_what, count, True, num_processes=processes, verbose=False, cpu=True)))
+    return tuple(map(tuple, launch(who_gets_what, (count, True), num_processes=processes, verbose=False, cpu=True)))
 
 
 def pair_up(shares: tuple[tuple[int, ...], ...], prompts: list[str]) -> list[list[tuple[int, str]]]:
@@ -156,7 +156,7 @@ def _reference_rows() -> tuple[tuple[int, str, int], ...]:
 def check_batched_function(fn: Callable) -> bool:
     """Lesson 3: `fn(folder, prompts, max_new_tokens, batch_size)`, launched, must return what run("batched") does."""
     expected = list(_reference_rows())
-    seen, problem = attempt(launch, watched, fn, TINY, CHECK_PROMPTS, CHECK_NEW_TOKENS, CHECK_BATCH,
+    seen, problem = attempt(launch, watched, (fn, TINY, CHECK_PROMPTS, CHECK_NEW_TOKENS, CHECK_BATCH),
                             num_processes=CHECK_PROCESSES, verbose=False, cpu=True)
     if problem:
         if "padding token" in problem:

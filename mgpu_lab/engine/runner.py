@@ -15,11 +15,11 @@ from .batching import balanced_split
 from .budget import saturating_rows, token_budget_for
 from .continuous import continuous_items
 from .generate import BatchOutOfMemory, generate_items, token_ids
-from .launch import DEFAULT_TIMEOUT_S, already_launched, default_processes, launch
+from ..launcher.launch import DEFAULT_TIMEOUT_S, already_launched, default_processes, launch
 from .models import check_model, dtype_name, is_synthetic, load_model, model_identity
 from .modes import Mode, lookup_mode
 from .output import OutputFile, append_completions, begin_output, claimed, made_by
-from .progress import Progress, tell, wanted
+from ..launcher.bar import Progress, tell, wanted
 from .prompts import default_prompts
 from .results import Completion, RunResult, RunSummary
 from .tensor_parallel import Layout, check_tp, load_options, parameter_bytes
@@ -201,6 +201,6 @@ def run(mode: str = DEFAULTS.mode, model: str = DEFAULTS.model, prompts: list[st
                            batch_size=batch_size, token_budget=token_budget, output=out, skip=frozenset(reused),
                            tp_size=tp_size)
         bar = Progress(total=len(prompts), done=len(reused)) if wanted(progress) else None
-        result = launch(run_on_this_process, config, num_processes=num_processes, verbose=verbose, progress=bar,
+        result = launch(run_on_this_process, (config,), num_processes=num_processes, verbose=verbose, progress=bar,
                         timeout=timeout, cpu=cpu)
     return result.with_reused(reused, out.dropped if out else 0)

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..course.roofline import bandwidth_for, roofline_fraction
 from ..engine.generate import token_ids
-from ..engine.launch import launch
+from ..launcher.launch import launch
 from ..engine.models import is_synthetic, load_model
 from ..engine.modes import lookup_mode
 from ..engine.results import RunSummary
@@ -135,7 +135,7 @@ def run_sweep(sweep: Sweep, progress: bool = True, out_dir: Path | None = None) 
         config = RunConfig(mode=mode, model=sweep.model, prompts=sweep.prompts, max_new_tokens=new_tokens,
                            batch_size=batch or DEFAULTS.batch_size, tp_size=tp,
                            token_budget=sweep.token_budget or budgets.get(new_tokens))
-        measured = launch(measure_on_this_process, config, sweep.repeats, num_processes=processes, verbose=False)
+        measured = launch(measure_on_this_process, (config, sweep.repeats), num_processes=processes, verbose=False)
         records.append(make_record(sweep, measured))
         if out_dir is not None:
             save_records(records[-1:], out_dir)

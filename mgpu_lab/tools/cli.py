@@ -15,7 +15,7 @@ try:  # `python -m mgpu_lab doctor` runs without these (mgpu_lab/__main__.py); t
     from ..course.demos import hello
     from ..course.plots import plot_scaling
     from ..course.report import format_completions, format_records, format_split, format_summary
-    from ..engine.launch import DEFAULT_TIMEOUT_S, LaunchError, launch
+    from ..launcher.launch import DEFAULT_TIMEOUT_S, LaunchError, launch
     from ..engine.models import ModelNotFoundError, check_model, is_synthetic
     from ..engine.modes import MODES, mode_names
     from ..engine.prompts import PromptFileError, default_prompts, load_prompts

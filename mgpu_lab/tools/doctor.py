@@ -110,7 +110,7 @@ def check_cuda_not_initialised() -> Check:
 @needs_imports("GPUs")
 def check_gpus() -> Check:
     """How many GPUs the launcher will use, and their memory, found without initialising CUDA."""
-    from ..engine.launch import count_gpus
+    from ..launcher.launch import count_gpus
 
     gpus = count_gpus()
     if not gpus:
@@ -130,7 +130,7 @@ def gpu_memory() -> str:
 @needs_imports("port")
 def check_port(port: int = DEFAULT_PORT) -> Check:
     """The rendezvous port that torchrun and accelerate launch use by default is free."""
-    from ..engine.launch import port_is_free
+    from ..launcher.launch import port_is_free
 
     if port_is_free(port):
         return Check(f"port {port}", True, "is free")
@@ -142,7 +142,7 @@ def check_port(port: int = DEFAULT_PORT) -> Check:
 def check_launch() -> Check:
     """A launch of lesson 1's hello() as lessons make it (one process per GPU, else 2 CPU ones) hears from each."""
     from ..course.demos import hello
-    from ..engine.launch import LaunchError, launch, plan_launch
+    from ..launcher.launch import LaunchError, launch, plan_launch
 
     try:
         expected = plan_launch().num_processes

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..engine.launch import count_gpus
+from ..launcher.launch import count_gpus
 from ..engine.results import RunSummary
 from ..paths import records_dir
 
@@ -167,9 +167,9 @@ def agreement_prompts() -> list[str]:
 
 def run_agreement(out: Path) -> int:
     """Measure agreement in one launched process on the GPU and write agreement.json."""
-    from ..engine.launch import launch
+    from ..launcher.launch import launch
 
-    found = launch(agreement_on_this_process, agreement_prompts(), AGREEMENT_NEW_TOKENS, AGREEMENT_DTYPES,
+    found = launch(agreement_on_this_process, (agreement_prompts(), AGREEMENT_NEW_TOKENS, AGREEMENT_DTYPES),
                    num_processes=1, verbose=False)
     (out / "agreement.json").write_text(json.dumps(found, indent=1) + "\n")
     print(json.dumps(found, indent=1))
@@ -234,9 +234,9 @@ def decode_probe_on_this_process(model_name: str, batches: tuple[int, ...], new_
 
 def run_decode_probe(out: Path) -> int:
     """Where the time of one decode step goes: eager generate vs static cache + torch.compile (decode_probe.json)."""
-    from ..engine.launch import launch
+    from ..launcher.launch import launch
 
-    found = launch(decode_probe_on_this_process, BENCH_MODEL, (16, 64), 48, ("eager", "static+compile"),
+    found = launch(decode_probe_on_this_process, (BENCH_MODEL, (16, 64), 48, ("eager", "static+compile")),
                    num_processes=1, verbose=False)
     (out / "decode_probe.json").write_text(json.dumps(found, indent=1) + "\n")
     print(json.dumps(found, indent=1))

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from mgpu_lab.course import exercises
 from mgpu_lab.course.demos import what_each_process_sees
 from mgpu_lab.course.staircase import calls_on_busiest_rank
-from mgpu_lab.engine import launch as launch_module
+from mgpu_lab.launcher import launch as launch_module
 from mgpu_lab.engine.batching import budget_batches
 from mgpu_lab.engine.generate import generate_batched
 from mgpu_lab.engine.prompts import default_prompts

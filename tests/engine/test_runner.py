@@ -7,7 +7,7 @@ from accelerate.utils import gather_object
 from mgpu_lab.engine.runner import in_prompt_order, run, split_for_rank
 from mgpu_lab.engine.generate import generate_naive
 from mgpu_lab.engine.results import Completion
-from mgpu_lab.engine.launch import LaunchError, launch
+from mgpu_lab.launcher.launch import LaunchError, launch
 from mgpu_lab.engine.prompts import default_prompts
 from mgpu_lab.engine.tensor_parallel import Layout
 
@@ -26,7 +26,7 @@ def gathered_shares(count: int) -> list:
 
 @pytest.mark.parametrize("count, processes", [(0, 2), (1, 2), (2, 3), (10, 4), (100, 3), (7, 1)])
 def test_split_gives_every_item_once(count, processes):
-    shares = launch(gathered_shares, count, num_processes=processes, verbose=False)
+    shares = launch(gathered_shares, (count,), num_processes=processes, verbose=False)
     assert len(shares) == processes
     assert sorted(i for share in shares for i in share) == list(range(count))
 

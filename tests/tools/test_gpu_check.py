@@ -10,7 +10,7 @@ import pytest
 from mgpu_lab.engine import continuous
 from mgpu_lab.tools import gpu_check
 from mgpu_lab.engine.results import Completion
-from mgpu_lab.engine.launch import launch
+from mgpu_lab.launcher.launch import launch
 
 
 def test_without_a_gpu_it_says_so_in_one_line_and_exits_0():
@@ -78,7 +78,7 @@ def test_first_difference_and_compare():
 def test_agreement_in_fp32_on_cpu_is_exact():
     prompts = gpu_check.agreement_prompts()
     assert len(prompts) == len(set(prompts)) >= 20  # distinct prompts: repeats would inflate the count
-    found = launch(gpu_check.agreement_on_this_process, prompts[:6], 8, ("float32",), num_processes=1,
+    found = launch(gpu_check.agreement_on_this_process, (prompts[:6], 8, ("float32",)), num_processes=1,
                    verbose=False)
     assert found["device"] == "cpu" and found["picked_dtype"] == "float32"
     assert found["float32"] == {"prompts": 6, "identical": 6, "diverge_at": []}
@@ -116,7 +116,7 @@ def test_decode_step_is_timed_per_step_on_cpu(tiny):
 
 
 def test_decode_probe_reports_every_batch_and_way():
-    found = launch(gpu_check.decode_probe_on_this_process, "tiny", (2,), 4, ("eager",), num_processes=1,
+    found = launch(gpu_check.decode_probe_on_this_process, ("tiny", (2,), 4, ("eager",)), num_processes=1,
                    verbose=False)
     assert found["model"] == "tiny" and found["dtype"] == "float32"
     assert found["eager batch 2"]["tokens_per_s"] > 0 and found["eager batch 2"]["roofline_fraction"] is None
