@@ -78,7 +78,9 @@ def model_identity(name: str) -> str:
         return f"tiny-{_sha256(TINY / 'model.safetensors')[:12]}"
     if is_synthetic(name):
         return f"{name}-{_sha256(CONFIGS / (name.removeprefix(SHAPE_PREFIX) + '.json'))[:12]}"
-    return str(Path(_checkpoint(name)).resolve())
+    folder = Path(_checkpoint(name)).resolve()
+    preset = {TINY.resolve(): "tiny", small_folder().resolve(): "small"}.get(folder)  # a preset given by its folder
+    return model_identity(preset) if preset else str(folder)
 
 
 def is_synthetic(name: str) -> bool:
