@@ -22,7 +22,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, Llama
                           PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase)
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from .validate import out_folder
+from .validate import preset_cache
 
 from ..paths import CONFIGS, TINY, cache_dir
 
@@ -106,7 +106,7 @@ def check_model(name: str) -> None:
     if is_synthetic(name):
         _shape_config(name)
     elif name == "small":
-        out_folder(cache_dir(), "the preset cache (MGPU_LAB_CACHE)")
+        preset_cache()
     elif name != "tiny":
         check_checkpoint(Path(_checkpoint(name)))
 

@@ -7,6 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from ..paths import cache_dir
 from ..launcher.checks import MIN_TIMEOUT_S, launch_timeout, port, positive_number, whole_number  # noqa: F401
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -59,6 +60,15 @@ def out_folder(path: str | Path, name: str = "--out") -> Path:
         raise ValueError(f"{name} {path} is not a writable folder ({error.strerror}). "
                          "Fix: pass a folder you can write to.") from None
     return path
+
+
+def preset_cache() -> Path:
+    """The folder presets are built into, created if missing and proven writable; else one error naming the fix."""
+    try:
+        return out_folder(cache_dir(), "the preset cache")
+    except ValueError as error:
+        raise ValueError(f"{str(error).partition(' Fix: ')[0]} Fix: set MGPU_LAB_CACHE to a folder you can write "
+                         "to, or unset it (then ~/.cache/mgpu_lab).") from None
 
 
 def output_file(path: object, name: str = "output") -> Path:
