@@ -15,6 +15,7 @@ try:  # `python -m mgpu_lab doctor` runs without these (mgpu_lab/__main__.py); t
     from ..course.demos import hello
     from ..course.plots import plot_scaling
     from ..course.report import format_completions, format_records, format_split, format_summary
+    from ..launcher.bar import wanted
     from ..launcher.launch import DEFAULT_TIMEOUT_S, LaunchError, launch
     from ..engine.models import ModelNotFoundError, check_model, is_synthetic
     from ..engine.modes import MODES, mode_names
@@ -126,7 +127,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                   max_new_tokens=args.max_new_tokens, model=args.model, prompts=tuple(read_prompts(args.prompts)),
                   prompt_set=args.prompt_set or (args.prompts or "default"), repeats=args.repeats,
                   bandwidth_gbs=args.bandwidth_gbs, token_budget=args.token_budget)
-    records = against_input_order(run_sweep(sweep, progress=is_main_rank(), out_dir=out))
+    shown = is_main_rank() and not args.quiet and wanted(None)  # a terminal or a notebook watches, as for a run
+    records = against_input_order(run_sweep(sweep, progress=shown, out_dir=out))
     if not is_main_rank():
         return 0
     if args.json:
@@ -148,7 +150,7 @@ def add_workload_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token-budget", type=positive_int, default=DEFAULTS.token_budget,
                         help="padded tokens per batch (" + ", ".join(n for n, m in MODES.items()
                                                                      if m.knob == "token_budget")
-                        + "); default: measured for the model and device, see mgpu_lab/budget.py")
+                        + "); default: measured for the model and device, see mgpu_lab/engine/budget.py")
 
 
 def add_bench_options(parser: argparse.ArgumentParser) -> None:
@@ -169,6 +171,7 @@ def add_bench_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=str(results_dir() / "bench"),
                         help="folder for records.jsonl and records.csv (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the records as JSON lines on stdout")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--plot", help="save the scaling figure (the last mode's) to this image file (.png, .svg, .pdf, ...)")
 
 
