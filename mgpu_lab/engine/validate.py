@@ -132,10 +132,10 @@ def image_path(path: str | Path, name: str = "--plot") -> Path:
                          f"Fix: end it in one of .{', .'.join(formats)} (e.g. scaling.png).")
     if path.is_dir():
         raise ValueError(f"{name} {path} is a folder. Fix: pass a file name such as {path / 'scaling.png'}.")
+    out_folder(path.parent, f"the folder of {name}")
     if is_stream(path):
         raise ValueError(f"{name} {path} is standard input, output or error, or a device. "
                          "Fix: pass a file name such as scaling.png.")
-    out_folder(path.parent, f"the folder of {name}")
     return path
 
 
