@@ -8,9 +8,9 @@ import tempfile
 from pathlib import Path
 
 from ..paths import cache_dir
-from ..launcher.checks import MIN_TIMEOUT_S, launch_timeout, port, positive_number, whole_number  # noqa: F401
+from ..launcher.checks import (MIN_TIMEOUT_S, TORCHRUN_VARIABLES, launch_timeout, port, positive_number,  # noqa: F401
+                               torchrun_env, whole_number)
 
-TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
 def prompt_list(prompts: object) -> tuple[str, ...]:
@@ -146,40 +146,3 @@ def unique_keys(pairs: list[tuple[str, object]]) -> dict:
     if twice:
         raise ValueError(f"the key(s) {', '.join(map(repr, twice))} appear more than once")
     return dict(pairs)
-
-
-def torchrun_env(num_processes: int | tuple[int, ...] | None, environ: dict | None = None) -> None:
-    """Refuse torchrun variables that are partial, inconsistent, left over in a shell, or not the asked-for count."""
-    environ = os.environ if environ is None else environ
-    present = [v for v in TORCHRUN_VARIABLES if v in environ]
-    if not present:
-        return
-    unset = (f"Fix: unset {' '.join(TORCHRUN_VARIABLES)} (left over from an earlier torchrun?), "
-             "or start under torchrun.")
-    if len(present) < len(TORCHRUN_VARIABLES):
-        missing = [v for v in TORCHRUN_VARIABLES if v not in environ]
-        raise ValueError(f"Only some torchrun variables are set ({', '.join(present)}; missing "
-                         f"{', '.join(missing)}). {unset}")
-    rank, world, local = (_env_int(environ, v) for v in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-    port("MASTER_PORT", _env_int(environ, "MASTER_PORT"))
-    if world < 1 or not 0 <= rank < world or not 0 <= local <= rank:
-        raise ValueError(f"The torchrun variables disagree: RANK={rank}, WORLD_SIZE={world}, LOCAL_RANK={local} "
-                         f"(need 0 <= LOCAL_RANK <= RANK < WORLD_SIZE). {unset}")
-    asked = (num_processes,) if isinstance(num_processes, int) else num_processes
-    if asked is None and "TORCHELASTIC_RUN_ID" not in environ:
-        raise ValueError(f"RANK, WORLD_SIZE and MASTER_* are set (WORLD_SIZE={world}) but no torchrun started this "
-                         f"process, so it would wait for the other ranks for ever. {unset} "
-                         f"Or, if you start every rank yourself, pass --num-processes {world}.")
-    if asked is not None and tuple(asked) != (world,):
-        raise ValueError(f"Under torchrun the process count is fixed by WORLD_SIZE={world}, but "
-                         f"{', '.join(map(str, asked))} process(es) were asked for. "
-                         f"Fix: pass --num-processes {world}, or leave it out.")
-
-
-def _env_int(environ: dict, name: str) -> int:
-    """An environment variable that must hold a whole number."""
-    try:
-        return int(environ[name])
-    except ValueError:
-        raise ValueError(f"{name}={environ[name]!r} is not a whole number. "
-                         "Fix: unset it, or start under torchrun.") from None
