@@ -80,15 +80,24 @@ def output_file(path: object, name: str = "output") -> Path:
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{name} {path} is a folder. Fix: pass a file name such as {path / 'completions.jsonl'}.")
-    if is_link_loop(path) or path.exists() and not path.is_file() or is_stream(path):
-        what = ("a loop of symbolic links" if is_link_loop(path) else "not a regular file (a device, a pipe)"
-                if path.exists() and not path.is_file() else "standard input, output or error, or a device")
+    if is_link_loop(path) or path.exists() and not path.is_file():
+        what = "a loop of symbolic links" if is_link_loop(path) else "not a regular file (a device, a pipe)"
         raise ValueError(f"{name} {path} is {what}, which cannot hold completions to resume. "
                          "Fix: pass a file such as completions.jsonl.")
+    if path.exists() and is_stream(path):  # named before its folder (/dev/fd is no folder to write in)
+        raise _stream_error(name, path)
     out_folder(path.parent, f"the folder of {name}")
+    if is_stream(path):
+        raise _stream_error(name, path)
     if path.exists() and not os.access(path, os.W_OK):
         raise ValueError(f"{name} {path} cannot be written (no permission). Fix: pass a file you can write to.")
     return path
+
+
+def _stream_error(name: str, path: Path) -> ValueError:
+    """The error for an output file that is a standard stream or a device."""
+    return ValueError(f"{name} {path} is standard input, output or error, or a device, which cannot hold "
+                      "completions to resume. Fix: pass a file such as completions.jsonl.")
 
 
 def is_stream(path: Path) -> bool:
