@@ -118,9 +118,9 @@ def test_cpu_processes_on_a_gpu_machine_when_asked(monkeypatch):
     assert "3 CPU process(es)" in plan.describe()
 
 
-@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
-def test_bad_process_count_is_refused(bad):
-    with pytest.raises(LaunchError, match="whole number"):
+@pytest.mark.parametrize("bad, error", [(0, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError)])
+def test_bad_process_count_is_refused(bad, error):
+    with pytest.raises(error, match="num_processes must be"):
         plan_launch(bad)
 
 

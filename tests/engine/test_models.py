@@ -46,6 +46,15 @@ def test_small_builds_deterministically(small, tmp_path, monkeypatch):
     model, tokenizer = load_model("small")
     assert 20e6 < sum(p.numel() for p in model.parameters()) < 30e6
     assert tokenizer.bos_token_id == AutoTokenizer.from_pretrained(models.TINY).bos_token_id
+    special = (tokenizer.bos_token_id, tokenizer.eos_token_id)
+    assert (model.generation_config.bos_token_id, model.generation_config.eos_token_id) == special
+
+
+@pytest.mark.parametrize("name", presets())
+def test_every_preset_names_its_tokenizers_special_tokens(name):
+    config, tokenizer = models.model_config(name), models.load_tokenizer(name)
+    # small once said BOS=0, EOS=1 beside a tokenizer whose BOS is 1 and EOS 2: it stopped when it wrote <s>
+    assert (config.bos_token_id, config.eos_token_id) == (tokenizer.bos_token_id, tokenizer.eos_token_id), name
 
 
 @pytest.mark.parametrize("capability, dtype", [((8, 6), torch.bfloat16), ((9, 0), torch.bfloat16),

@@ -178,7 +178,7 @@ def test_a_resume_with_other_settings_is_refused_untouched(fresh, tmp_path):
     refused(path, "was made with max_new_tokens 3 \\(this run: 4\\).*Fix: resume with the file's settings",
             max_new_tokens=4)
     before = path.read_bytes()
-    with pytest.raises(ValueError, match="was made with model 'tiny-.*' \\(this run: 'small-.*'\\)"):
+    with pytest.raises(ValueError, match="was made with model 'tiny-.*', that is --model tiny \\(this run: 'small-.*'\\)"):
         run("batched", "small", SIX, num_processes=1, max_new_tokens=3, verbose=False, output=str(path), resume=True)
     assert path.read_bytes() == before
 
@@ -197,6 +197,35 @@ def test_a_file_that_is_not_the_kits_is_refused_untouched(tmp_path, content):
     path = tmp_path / "notes.txt"
     path.write_bytes(content)
     refused(path, "is not an output file of this kit.*Fix: pass a new --output file")
+
+
+def test_a_file_that_is_not_the_kits_is_named_so_without_resume_too(tmp_path):
+    # Before: "already holds completions. Fix: pass --resume", and following that gave "not an output file of this kit".
+    path = tmp_path / "records.jsonl"
+    path.write_bytes(b'{"mode": "batched", "tokens_per_s": 12.5}\n')
+    with pytest.raises(ValueError, match="is not an output file of this kit.*Fix: pass a new --output file") as error:
+        tiny_run(path)
+    assert "--resume" not in str(error.value) and path.read_bytes() == b'{"mode": "batched", "tokens_per_s": 12.5}\n'
+
+
+def test_the_bundled_tiny_named_by_its_folder_resumes_a_file_made_with_tiny(fresh, tmp_path):
+    # Before: refused, naming model 'tiny-<digest>', a value --model does not accept.
+    from mgpu_lab.paths import TINY
+
+    path = copy_of(fresh, tmp_path, lines=3)
+    result = run("batched", str(TINY), SIX, num_processes=1, max_new_tokens=3, batch_size=2, verbose=False,
+                 progress=False, output=str(path), resume=True)
+    assert result.summary.reused == 3 and same_results(result, fresh[1])
+
+
+def test_completions_that_their_header_cannot_have_made_are_refused(fresh, tmp_path):
+    # Before: max_new_tokens edited 3 -> 4 in the header, then a resume with 4 mixed 3- and 4-token completions,
+    # all marked stop_reason "length", rc 0.
+    path = copy_of(fresh, tmp_path, lines=6)
+    path.write_text(path.read_text().replace('"max_new_tokens": 3', '"max_new_tokens": 4', 1))
+    assert any(r["stop_reason"] == "length" for r in read_lines(path))
+    refused(path, "holds 3 generated token\\(s\\) stopped by 'length', which the header's max_new_tokens 4 does not "
+                  "make \\(was the header edited\\?\\)", max_new_tokens=4)
 
 
 @pytest.mark.parametrize("line, match", [

@@ -1,6 +1,9 @@
 """The benchmark, the scaling model and the roofline (two loopback nodes: tests/tools/test_cli.py)."""
 
 import json
+import re
+import subprocess
+import sys
 
 import pytest
 
@@ -118,6 +121,30 @@ def test_bench_cli_prints_json_lines(cli_in_process, tmp_path):
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     assert [r["num_processes"] for r in lines] == [1, 2] and all(REQUIRED <= r.keys() for r in lines)
     assert len(load_records(tmp_path / "records.jsonl")) == 2
+    assert "bench:" not in done.stderr and "it/s" not in done.stderr  # before: tqdm drew on a stderr that was a pipe
+
+
+def test_bench_quiet_draws_no_bar_even_at_a_terminal(monkeypatch, tmp_path):
+    from mgpu_lab.tools import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "run_sweep", lambda sweep, progress, out_dir: seen.append(progress) or [])
+    monkeypatch.setattr(cli.sys.stderr, "isatty", lambda: True)
+    for quiet in ([], ["--quiet"]):
+        cli.main(["bench", "--modes", "batched", "--num-processes", "1", "--out", str(tmp_path), "--json", *quiet])
+    assert seen == [True, False]
+
+
+def test_help_names_only_files_that_exist():
+    from mgpu_lab.paths import checkout
+    from mgpu_lab.tools.cli import build_parser
+
+    if checkout() is None:
+        pytest.skip("an installed wheel: the help's paths are the repository's")
+    parser, named = build_parser(), []
+    for command in parser._subparsers._group_actions[0].choices.values():  # noqa: SLF001 - every subcommand
+        named += re.findall(r"mgpu_lab/[\w/]+\.py", command.format_help())
+    assert named and all((checkout() / path).is_file() for path in named), named  # before: mgpu_lab/budget.py
 
 
 def test_bench_help_lists_the_modes(cli_in_process):

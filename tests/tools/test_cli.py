@@ -6,9 +6,12 @@ Mistakes found before any work run in-process (`cli_in_process`, tests/conftest.
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
+import psutil
 import pytest
 
 LEFTOVER = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29517"}
@@ -90,7 +93,9 @@ def test_torchrun_batched_json_prints_once_and_matches_one_process(cli_in_proces
     (["batched", "--prompts", "."], {}, "Prompt file . is a folder, not a file"),
     (["batched", "--max-new-tokens", "x"], {}, "expected a whole number, got 'x'"),
     (["batched", "--model", "small"], {"MGPU_LAB_CACHE": "/proc/mgpu_lab"},
-     "the preset cache (MGPU_LAB_CACHE) /proc/mgpu_lab is not a writable folder"),
+     "the preset cache /proc/mgpu_lab is not a writable folder (No such file or directory). Fix: set MGPU_LAB_CACHE"),
+    (["lessons", "--out", "FILE"], {}, "--out FILE is a file, not a folder. Fix:"),
+    (["notebooks", "FILE"], {}, "the folder FILE is a file, not a folder. Fix:"),
     (["batched"], LEFTOVER, "no torchrun started this process"),
     (["hello"], {"RANK": "1"}, "Only some torchrun variables are set (RANK;"),
     (["naive", "--num-processes", "3"], {**LEFTOVER, "TORCHELASTIC_RUN_ID": "x"}, "WORLD_SIZE=2, but 3 process"),
@@ -186,3 +191,53 @@ def test_torchrun_two_loopback_nodes_split_one_model_with_tp_size(cli_in_process
     assert len(split["results"]) == 6 and split["summary"]["num_processes"] == 2
     assert (split["summary"]["tp_size"], split["summary"]["replicas"]) == (2, 1)
     assert [r["token_ids"] for r in split["results"]] == [r["token_ids"] for r in alone["results"]]
+
+
+def test_lessons_refuse_a_room_made_by_notebooks_and_name_force(cli_in_process, tmp_path):
+    cli_in_process("notebooks", str(tmp_path / "room"))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "room").iterdir()}
+    done = cli_in_process("lessons", "--out", str(tmp_path / "room"))
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "not the copy `lessons` wrote there" in done.stderr and "--force" in done.stderr and done.stdout == ""
+    assert {p.name: p.read_bytes() for p in (tmp_path / "room").iterdir()} == before
+
+
+def session_processes(session: int) -> list[psutil.Process]:
+    """Every live process of a session (what a terminal's Ctrl-C and its closing reach)."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if os.getsid(process.pid) == session and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        except (OSError, psutil.Error):
+            pass
+    return found
+
+
+@pytest.mark.parametrize("args, busy", [
+    (["bench", "--modes", "naive", "--num-processes", "2", "--max-new-tokens", "100", "--repeats", "5"], 2),
+    (["gpu-check", "--step", "lessons"], 1),  # on CPU too: its kernel, in a session of its own, and what it starts
+    (["train-tiny", "--steps", "100000", "--max-docs", "300", "--no-quality"], 0),
+])
+def test_ctrl_c_ends_a_command_in_seconds_with_one_line_and_no_process_left(tmp_path, args, busy):
+    if args[0] == "train-tiny":
+        pytest.importorskip("rdata", reason="train-tiny's corpus needs the rdata package")
+    out = ["--out", str(tmp_path / "out")] + (["--plot", str(tmp_path / "loss.png")] if args[0] == "train-tiny" else [])
+    command = subprocess.Popen([sys.executable, "-m", "mgpu_lab", *args, *out], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline, started = time.monotonic() + 240, []
+        while len(started) < busy or not busy and psutil.Process(command.pid).cpu_times().user < 5:
+            assert command.poll() is None and time.monotonic() < deadline, command.communicate()
+            started = psutil.Process(command.pid).children(recursive=True)
+            time.sleep(0.2)
+        time.sleep(1)  # what the processes just started starts too
+        started = psutil.Process(command.pid).children(recursive=True)
+        os.killpg(command.pid, signal.SIGINT)  # Ctrl-C at a terminal: the whole foreground group gets it
+        _, err = command.communicate(timeout=10)
+    finally:
+        if command.poll() is None:
+            os.killpg(command.pid, signal.SIGKILL)
+    assert command.returncode == 130 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("interrupted") and "Traceback" not in err
+    assert psutil.wait_procs(started, timeout=5)[1] == []

@@ -159,3 +159,24 @@ def test_command_line_reports_a_missing_model(cli_in_process):
     assert done.returncode == 1 and "FAIL model no/such/model" in done.stdout
     assert "PASS launch of 2 process(es)" in done.stdout and "Traceback" not in done.stderr
 
+
+
+@pytest.mark.parametrize("make", ["a file", "a folder no one can make"])
+def test_a_preset_cache_that_cannot_be_written_fails_with_one_fix(tmp_path, monkeypatch, make):
+    # Before: "All checks passed" with MGPU_LAB_CACHE at a file or an unwritable folder (lesson 6 then failed on
+    # small), and `doctor --model small` added an unrelated second "Fix:".
+    cache = tmp_path / "cache" if make == "a file" else Path("/proc/mgpu_lab-cache")  # not even root makes it
+    if make == "a file":
+        cache.write_text("not a folder")
+    monkeypatch.setenv("MGPU_LAB_CACHE", str(cache))
+    assert doctor.check_cache in doctor.checks("tiny", free_port())
+    for check in (doctor.check_cache(), doctor.check_model_loads("small")):
+        assert not check.ok and check.line().count("Fix:") == 1 and str(cache) in check.line(), check.line()
+        assert check.line().endswith("Fix: set MGPU_LAB_CACHE to a folder you can write to, or unset it "
+                                     "(then ~/.cache/mgpu_lab).")
+
+
+def test_a_writable_preset_cache_passes(tmp_path, monkeypatch):
+    monkeypatch.setenv("MGPU_LAB_CACHE", str(tmp_path / "new"))
+    check = doctor.check_cache()
+    assert check.ok and check.line() == f"PASS preset cache {tmp_path / 'new'} is writable"
