@@ -24,3 +24,12 @@ def lock(handle, wait: bool = True) -> bool:
     except BlockingIOError:
         return False
     return True
+
+
+def refuse_to_replace(paths: list[Path], force: bool) -> None:
+    """Unless `force`, a ValueError naming the first of `paths` that exists: no command replaces a file unasked."""
+    found = [path for path in paths if path.exists()]
+    if found and not force:
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise ValueError(f"{found[0]} already exists{more}, and this command would replace it. Fix: choose another "
+                         "--out, or pass --force to replace it.")

@@ -1,6 +1,6 @@
 """Train the bundled `tiny` model from scratch on CPU: a byte-level BPE tokenizer and a small Llama.
 
-`python -m mgpu_lab train-tiny --out assets/models/tiny` rebuilds the committed folder in about ten
+`python -m mgpu_lab train-tiny --out assets/models/tiny --force` rebuilds the committed folder in about ten
 minutes on two CPU cores (it uses torch's default threads: one per core). The run is seeded and its
 learning rate follows the step count, so a rerun on the same CPU gives the same weights; another CPU
 type or core count gives slightly different ones.
@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
+from ..files import refuse_to_replace
 from ..paths import DOCS, TINY
 from . import corpus
 
@@ -239,7 +240,7 @@ shipped in `assets/words/`); `stopped_at_eos`: share of completions that ended w
 ## Rebuild
 
 ```
-python -m mgpu_lab train-tiny --out assets/models/tiny
+python -m mgpu_lab train-tiny --out assets/models/tiny --force
 ```
 
 The run is seeded and its learning rate follows the step count, so a rerun on the same CPU type
@@ -257,12 +258,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default: %(default)s)")
     parser.add_argument("--plot", default=str(DOCS / "tiny_loss_curve.png"), help="loss-curve PNG (default: docs/)")
     parser.add_argument("--no-quality", action="store_true", help="skip the quality measurement for the card")
+    parser.add_argument("--force", action="store_true",
+                        help="replace what --out and --plot already hold (the defaults are the kit's own tiny files)")
 
 
 def run(args: argparse.Namespace, documents: list[str] | None = None) -> int:
     """Train tiny as `args` say and write the folder, log, loss curve and model card; return 0."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     cfg = TinyConfig(steps=args.steps, seed=args.seed, eval_every=min(TinyConfig.eval_every, args.steps))
+    out = Path(args.out)
+    refuse_to_replace([*(out.iterdir() if out.is_dir() else [out]), Path(args.plot)], args.force)  # before training
     start = time.perf_counter()
     documents = documents if documents is not None else corpus.make_documents(corpus.load_paragraphs(), cfg.seed)
     documents = documents[: args.max_docs]
@@ -272,7 +277,6 @@ def run(args: argparse.Namespace, documents: list[str] | None = None) -> int:
     train_stream = encode_documents(tokenizer, train_docs)
     heldout_stream = encode_documents(tokenizer, heldout_docs)
     history = train(model, train_stream, heldout_stream, cfg)
-    out = Path(args.out)
     save_folder(model, tokenizer, out)
     log = {
         "corpus": corpus.CORPUS_NAME, "licence": corpus.CORPUS_LICENCE, "config": asdict(cfg),

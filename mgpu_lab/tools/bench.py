@@ -163,6 +163,22 @@ def save_records(records: list[dict], out_dir: Path) -> tuple[Path, Path]:
     return jsonl, table
 
 
+def check_records_folder(out_dir: Path) -> Path:
+    """A folder bench may append to: any records.jsonl in it holds bench records, any records.csv has its .jsonl."""
+    jsonl, table = out_dir / RECORDS, out_dir / RECORDS_CSV
+    fix = "Fix: choose another --out (bench appends its records to records.jsonl and rebuilds records.csv)."
+    if jsonl.exists():
+        try:
+            ours = all({"mode", "tokens_per_s"} <= record.keys() for record in load_records(jsonl))
+        except (ValueError, AttributeError, UnicodeDecodeError):
+            ours = False
+        if not ours:
+            raise ValueError(f"{jsonl} is not a records file that bench wrote, and bench would append to it. {fix}")
+    elif table.exists():
+        raise ValueError(f"{table} has no records.jsonl beside it (it is not bench's), and bench would replace it. {fix}")
+    return out_dir
+
+
 def _write_csv(everything: list[dict], table: Path) -> None:
     """Every record as a csv row, written aside and renamed in, so a reader never sees half a file."""
     columns = list(dict.fromkeys(key for r in everything for key in r))

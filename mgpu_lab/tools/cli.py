@@ -26,7 +26,7 @@ try:  # `python -m mgpu_lab doctor` runs without these (mgpu_lab/__main__.py); t
     from ..tiny import train as train_tiny
     from . import gpu_check
     from .arguments import Parser, cli_type
-    from .bench import RECORDS, RECORDS_CSV, Sweep, against_input_order, run_sweep
+    from .bench import RECORDS, RECORDS_CSV, Sweep, against_input_order, check_records_folder, run_sweep
 except ImportError as missing:  # a fresh Python: say what is missing and how to install it, not a traceback
     print(f"error: {missing}. The kit's dependencies are not all installed in this Python ({sys.executable}). "
           "Fix: follow the README's Quickstart (torch first, then `pip install -r requirements.txt`), then "
@@ -115,7 +115,7 @@ def warn_if_synthetic(model: str) -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     """Lesson 4 from the terminal: the sweep, each record on disk as it is measured, then a table or JSON lines."""
     check_model(args.model)
-    out = out_folder(args.out) if is_main_rank() else None  # every output is checked before the sweep
+    out = check_records_folder(out_folder(args.out)) if is_main_rank() else None  # checked before the sweep
     plot = image_path(args.plot) if args.plot else None
     warn_if_synthetic(args.model)
     sweep = Sweep(modes=args.modes, num_processes=args.num_processes, tp_sizes=args.tp_sizes,

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..launcher.launch import count_gpus
 from ..engine.results import RunSummary, first_difference
+from ..files import refuse_to_replace
 from ..paths import records_dir
 
 LESSONS = ("01_hello_processes.ipynb", "02_naive_inference.ipynb", "03_batched_inference.ipynb")
@@ -305,6 +306,7 @@ def run(args: argparse.Namespace) -> int:
                       f"{gpus})")
             print(f"The whole check stops after {BUDGET_S} s: a step gets at most its own limit and what is left.")
         return 0
+    refuse_to_replace(sorted(out.iterdir()) if out.is_dir() else [], args.force)  # an earlier run's records
     out.mkdir(parents=True, exist_ok=True)
     from ..engine.prompts import default_prompts
 
@@ -320,6 +322,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the gpu-check command."""
     parser.add_argument("--dry-run", action="store_true", help="print the commands it would run, run nothing")
     parser.add_argument("--out", help="folder for everything measured (default: records/gpu/<gpu name>)")
+    parser.add_argument("--force", action="store_true", help="replace the records an earlier run left in --out")
     parser.add_argument("--step", choices=("lessons", "agreement", "decode-probe"),
                         help="run one step alone into --out; decode-probe (eager vs static cache + torch.compile, "
                              "about 2 minutes on an H200) is not part of the default run")

@@ -73,3 +73,15 @@ def test_lr_schedule_follows_the_step_count():
     assert schedule[cfg.warmup_steps - 1] == max(schedule)
     assert schedule[-1] == pytest.approx(1e-4, rel=1e-3)
     assert all(a >= b for a, b in zip(schedule[cfg.warmup_steps:], schedule[cfg.warmup_steps + 1:]))
+
+
+def test_an_existing_folder_or_plot_is_refused_before_training_unless_forced(tmp_path):
+    (tmp_path / "tiny").mkdir()
+    (tmp_path / "tiny" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"notes.txt already exists.*pass --force"):
+        train_tiny.run(_args(tmp_path), documents=[])  # no documents: it would fail if training had started
+    (tmp_path / "tiny" / "notes.txt").unlink()
+    (tmp_path / "loss.png").write_bytes(b"mine")
+    with pytest.raises(ValueError, match=r"loss.png already exists"):
+        train_tiny.run(_args(tmp_path), documents=[])
+    assert (tmp_path / "loss.png").read_bytes() == b"mine"

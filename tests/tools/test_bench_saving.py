@@ -74,3 +74,23 @@ def test_several_processes_writing_at_once_lose_and_split_nothing(tmp_path):
     assert sorted((r["writer"], r["batch"], r["i"]) for r in records) == [
         (w, b, i) for w in range(4) for b in range(10) for i in range(60)]
     assert len((tmp_path / "records.csv").read_text().splitlines()) == 1 + len(records)
+
+
+@pytest.mark.parametrize("name, text, says", [
+    ("records.jsonl", '{"prompt": "my own file"}\n', "is not a records file that bench wrote"),
+    ("records.jsonl", "not json at all\n", "is not a records file that bench wrote"),
+    ("records.csv", "a,b\n1,2\n", "has no records.jsonl beside it"),
+])
+def test_bench_never_appends_to_or_replaces_a_file_of_the_users(cli_in_process, tmp_path, name, text, says):
+    (tmp_path / name).write_text(text)
+    done = cli_in_process("bench", "--modes", "batched", "--num-processes", "1", "--max-new-tokens", "1",
+                          "--out", str(tmp_path))
+    assert done.returncode == 2 and says in done.stderr and "choose another --out" in done.stderr, done.stderr
+    assert (tmp_path / name).read_text() == text and [p.name for p in tmp_path.iterdir()] == [name]
+
+
+def test_a_folder_of_bench_records_is_accepted(tmp_path):
+    from mgpu_lab.tools.bench import check_records_folder
+
+    save_records([{"mode": "batched", "tokens_per_s": 1.0}], tmp_path)
+    assert check_records_folder(tmp_path) == tmp_path

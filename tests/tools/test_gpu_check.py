@@ -135,3 +135,12 @@ def test_a_request_the_scheduler_failed_is_an_error_not_a_result(tiny, monkeypat
     model, tokenizer = tiny
     with pytest.raises(RuntimeError, match="scheduler failed a request: .*a step that fails"):
         continuous.continuous_items(model, tokenizer, Work.of(tokenizer, ["Hello there", "Another prompt"], 4), 256)
+
+
+def test_an_earlier_runs_records_are_not_replaced_unless_forced(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_check, "count_gpus", lambda: 1)
+    (tmp_path / "summary.md").write_text("an earlier run")
+    args = gpu_check.argparse.Namespace(step=None, out=str(tmp_path), dry_run=False, force=False)
+    with pytest.raises(ValueError, match=r"summary.md already exists.*--force"):
+        gpu_check.run(args)
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.md"]
