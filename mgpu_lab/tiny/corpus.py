@@ -23,19 +23,22 @@ CORPUS_NAME = "Jane Austen's six novels (janeaustenr via Debian r-cran-janeauste
 CORPUS_LICENCE = "novels: public domain; janeaustenr packaging: MIT"
 DEB_PACKAGE = "r-cran-janeaustenr"
 DATA_DIR = "usr/lib/R/site-library/janeaustenr/data"
-
 _HEADING = re.compile(r"^(chapter|volume|vol\.|book|by|the end|finis)\b", re.IGNORECASE)
 _ABBREV = re.compile(r"\b(Mr|Mrs|Ms|Dr|St|Col|Capt|Gen|Sir|Rev|Esq|Messrs)\.$")
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"'_)]*\s+(?=[\"'_(]*[A-Z])")
 
 
+class CorpusError(RuntimeError):
+    """A tool or package the corpus needs is missing or failed; the message says how to get it."""
+
+
 def _run(cmd: list[str], cwd: Path) -> None:
     """Run a command, turning a failure into an error that names the fix."""
     if shutil.which(cmd[0]) is None:
-        raise RuntimeError(f"`{cmd[0]}` not found: the corpus needs Debian's apt tools (apt-get, dpkg-deb).")
+        raise CorpusError(f"`{cmd[0]}` not found: the corpus needs Debian's apt tools (apt-get, dpkg-deb).")
     done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(
+        raise CorpusError(
             f"`{' '.join(cmd)}` failed:\n{done.stderr.strip()}\n"
             f"Fix: run `apt-get update` (as root) and retry; the package is `{DEB_PACKAGE}`."
         )
@@ -48,7 +51,7 @@ def _read_rdb(data_dir: Path) -> dict[str, list[str]]:
         from rdata.conversion import convert
         from rdata.parser import parse_data
     except ImportError as err:
-        raise RuntimeError("The corpus needs the `rdata` package: `python -m pip install rdata`.") from err
+        raise CorpusError("The corpus needs the `rdata` package: `python -m pip install rdata`.") from err
     import warnings
 
     with warnings.catch_warnings():

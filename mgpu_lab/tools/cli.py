@@ -24,6 +24,7 @@ try:  # `python -m mgpu_lab doctor` runs without these (mgpu_lab/__main__.py); t
     from ..engine.runner import run
     from ..engine.validate import image_path, out_folder, positive_number, torchrun_env, whole_number
     from ..tiny import train as train_tiny
+    from ..tiny.corpus import CorpusError
     from . import gpu_check
     from .arguments import Parser, cli_type
     from .bench import RECORDS, RECORDS_CSV, Sweep, against_input_order, check_records_folder, run_sweep
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except LaunchError as error:
         print(f"error: {error.message}", file=sys.stderr)
-    except (ModelNotFoundError, PromptFileError, ValueError) as error:
+    except (ModelNotFoundError, PromptFileError, CorpusError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
     except KeyboardInterrupt as interrupt:
         print(interrupt.args[0] if interrupt.args else "interrupted", file=sys.stderr)

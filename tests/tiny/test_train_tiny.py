@@ -85,3 +85,14 @@ def test_an_existing_folder_or_plot_is_refused_before_training_unless_forced(tmp
     with pytest.raises(ValueError, match=r"loss.png already exists"):
         train_tiny.run(_args(tmp_path), documents=[])
     assert (tmp_path / "loss.png").read_bytes() == b"mine"
+
+
+def test_a_missing_corpus_tool_is_one_line_not_a_traceback(cli_in_process, tmp_path, monkeypatch):
+    from mgpu_lab.tiny import corpus
+
+    def without_rdata(*_):
+        raise corpus.CorpusError("The corpus needs the `rdata` package: `python -m pip install rdata`.")
+    monkeypatch.setattr(corpus, "load_paragraphs", without_rdata)
+    done = cli_in_process("train-tiny", "--out", str(tmp_path / "tiny"), "--plot", str(tmp_path / "loss.png"))
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        "error: The corpus needs the `rdata` package: `python -m pip install rdata`."]
