@@ -13,7 +13,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .. import defaults
 from ..launcher.bar import Progress, tell, wanted
-from ..launcher.launch import DEFAULT_TIMEOUT_S, already_launched, default_processes, launch
+from ..launcher.launch import DEFAULT_TIMEOUT_S, already_launched, default_processes, launch, refuse_while_launching
 from .batching import balanced_shares
 from .budget import saturating_rows, token_budget_for
 from .continuous import continuous_items
@@ -86,6 +86,7 @@ def _check_settings(num_processes: object, tp_size: object, token_budget: object
         output_file(output)
     if num_processes is not None:
         whole_number("num_processes", num_processes)
+    refuse_while_launching()  # another thread's launch has torchrun's variables in os.environ: name it instead
     torchrun_env(num_processes)
     return counts
 

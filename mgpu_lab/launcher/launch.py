@@ -182,13 +182,24 @@ class Running:
     pid: int | None = None  # the launching process; a process forked by the launch sees another PID
 
 
+def another_launch_error() -> LaunchError:
+    """The one line that refuses a launch (or a run) while another launch runs in this process."""
+    return LaunchError(f"Another launch is running in this process ({Running.what}); a launch replaces "
+                       "sys.stdout and os.environ while it runs, so one runs at a time. Fix: wait for it to "
+                       "return, or launch one function that does both jobs.")
+
+
+def refuse_while_launching() -> None:
+    """Refuse at once in the process that is launching now (another thread): its os.environ is the launch's."""
+    if Running.pid == os.getpid():
+        raise another_launch_error()
+
+
 @contextlib.contextmanager
 def one_at_a_time(function: Callable[..., Any]) -> Iterator[None]:
     """Hold the process's one launch for the block; a second launch meanwhile (another thread) is refused at once."""
     if not Running.lock.acquire(blocking=False):
-        raise LaunchError(f"Another launch is running in this process ({Running.what}); a launch replaces "
-                          "sys.stdout and os.environ while it runs, so one runs at a time. Fix: wait for it to "
-                          "return, or launch one function that does both jobs.")
+        raise another_launch_error()
     name = getattr(function, "__qualname__", type(function).__name__)
     Running.what = (f"launch({name}) from thread {threading.current_thread().name!r}, started "
                     f"{time.strftime('%H:%M:%S')}")

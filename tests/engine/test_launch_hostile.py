@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from mgpu_lab.course.demos import hello
+from mgpu_lab.engine.runner import run
 from mgpu_lab.launcher.bar import Progress
 from mgpu_lab.launcher.checks import MAX_TIMEOUT_S
 from mgpu_lab.launcher.launch import LaunchError, launch
@@ -120,6 +121,8 @@ def test_a_second_launch_while_one_runs_is_refused_naming_it_and_nothing_is_left
     with pytest.raises(LaunchError, match="Another launch is running in this process \\(launch\\(wait_for\\) from "
                                           "thread 'first', started [0-9:]{8}\\).*Fix: wait for it"):
         launch(hello, num_processes=2, verbose=False)
+    with pytest.raises(LaunchError, match="Another launch is running in this process"):  # run() names it too
+        run("batched", "tiny", ["one prompt"], num_processes=2, max_new_tokens=1, verbose=False)
     Path(gate).touch()
     first.join(timeout=120)
     assert results == ["done"] and sys.stdout is stdout
