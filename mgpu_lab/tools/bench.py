@@ -29,6 +29,7 @@ from ..engine.results import RunSummary
 from ..engine.runner import DEFAULTS, RunConfig, check_run, settle_budget, split_options, timed_run
 from ..engine.tensor_parallel import parameter_bytes
 from ..engine.validate import positive_number, whole_number
+from .peer import agreement, check_peer, measure_peer
 
 RECORDS, RECORDS_CSV = "records.jsonl", "records.csv"
 
@@ -48,6 +49,7 @@ class Sweep:
     repeats: int = 3
     bandwidth_gbs: float | None = None
     token_budget: int | None = DEFAULTS.token_budget
+    peer_python: str | None = None  # a venv's Python with vLLM: its LLM.generate is measured beside each point
 
     def points(self) -> list[tuple[str, int, int, int | None, int]]:
         """Every (mode, processes, TP size, batch size, new tokens) to measure; None where the knob is not batch size.
@@ -67,8 +69,9 @@ def measure_on_this_process(config: RunConfig, repeats: int) -> dict:
     config = settle_budget(config, model, ids, accelerator)
     warm = accelerator.num_processes * 4
     timed_run(accelerator, model, tokenizer, replace(config, prompts=config.prompts[:warm], max_new_tokens=4), ids)
-    runs = [timed_run(accelerator, model, tokenizer, config, ids).summary for _ in range(repeats)]
-    return {"runs": runs, "device_name": device_name(accelerator.device),
+    results = [timed_run(accelerator, model, tokenizer, config, ids) for _ in range(repeats)]
+    return {"runs": [r.summary for r in results], "device_name": device_name(accelerator.device),
+            "token_ids": [c.token_ids for c in results[-1].results],  # for the agreement with a peer, not recorded
             "model_params": model.num_parameters(),
             "model_bytes": model.num_parameters() * model.dtype.itemsize,
             "parameter_bytes": parameter_bytes(model)}  # what one process holds: model_bytes / tp_size, about
@@ -84,7 +87,7 @@ def make_record(sweep: Sweep, measured: dict) -> dict:
     runs: list[RunSummary] = measured.pop("runs")
     median = replace(runs[0], wall_s=statistics.median(r.wall_s for r in runs),
                      tokens_per_s=round(statistics.median(r.tokens_per_s for r in runs), 2))
-    return {**median.to_dict(), "prompt_set": sweep.prompt_set, "synthetic": is_synthetic(sweep.model),
+    return {**median.to_dict(), "engine": "mgpu_lab", "prompt_set": sweep.prompt_set, "synthetic": is_synthetic(sweep.model),
             "repeats": len(runs), "wall_s_all": [r.wall_s for r in runs], **measured,
             **roofline_columns(median, measured, sweep.bandwidth_gbs),
             "versions": {"mgpu_lab": __version__, "torch": torch.__version__,
@@ -113,6 +116,8 @@ def check_sweep(sweep: Sweep) -> None:
         for value in values if name != "modes" else ():
             whole_number(name, value)
     whole_number("repeats", sweep.repeats)
+    if sweep.peer_python is not None:
+        check_peer(sweep.peer_python, sweep.model)
     if sweep.bandwidth_gbs is not None:
         positive_number("bandwidth_gbs", sweep.bandwidth_gbs)
     if not sweep.points():
@@ -130,13 +135,22 @@ def run_sweep(sweep: Sweep, progress: bool = True, out_dir: Path | None = None) 
     same new tokens) reuses it, so the modes are compared at one budget.
     """
     check_sweep(sweep)
-    records, budgets = [], {}
+    records, budgets, peers = [], {}, {}
     for mode, processes, tp, batch, new_tokens in tqdm(sweep.points(), desc="bench", disable=not progress):
+        if sweep.peer_python and (processes, new_tokens) not in peers:  # the peer first, on the same cores
+            peers[processes, new_tokens] = measure_peer(sweep.peer_python, sweep.model, sweep.prompts, processes,
+                                                        new_tokens, sweep.repeats, sweep.prompt_set)
+            records.append(peers[processes, new_tokens].record)
+            if out_dir is not None:
+                save_records(records[-1:], out_dir)
         config = RunConfig(mode=mode, model=sweep.model, prompts=sweep.prompts, max_new_tokens=new_tokens,
                            batch_size=batch or DEFAULTS.batch_size, tp_size=tp,
                            token_budget=sweep.token_budget or budgets.get(new_tokens))
         measured = launch(measure_on_this_process, config, sweep.repeats, num_processes=processes, verbose=False)
+        kit_ids = measured.pop("token_ids")
         records.append(make_record(sweep, measured))
+        if (processes, new_tokens) in peers:
+            records[-1]["vllm_agreement"] = agreement(kit_ids, *peers[processes, new_tokens].ids_and_stops)
         if out_dir is not None:
             save_records(records[-1:], out_dir)
         if records[-1]["token_budget"]:
