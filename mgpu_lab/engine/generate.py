@@ -13,6 +13,9 @@ from ..defaults import BATCH_SIZE
 from .results import Completion
 from .validate import prompt_list, whole_number
 
+# (model, left-padded batch, max_new_tokens, pad id, stop ids, force_length) -> prompt + new tokens, as generate's
+Decoder = Callable[..., torch.Tensor]
+
 
 def pad_token(tokenizer) -> str:
     """The token that fills padding: the tokenizer's own, or EOS for Llama tokenizers that have none."""
@@ -135,11 +138,12 @@ def generate_in_batches(model, tokenizer, prompts: list[str], max_new_tokens: in
 def generate_items(model, tokenizer, items: list[tuple[int, str]], max_new_tokens: int, batches: list[list[int]],
                    force_length: bool = False, on_batch: Callable[[list[Completion]], None] | None = None,
                    ids: list[list[int]] | None = None, padding_side: str = "left",
-                   add_special_tokens: bool = True) -> list[Completion]:
+                   add_special_tokens: bool = True, decoder: Decoder | None = None) -> list[Completion]:
     """Generate for (index, prompt) items, one call per batch of positions; `on_batch` sees each batch's results.
 
     `ids`: the items' token ids, when the caller already has them (a run tokenizes once); else tokenized here.
     `padding_side="right"` and `add_special_tokens=False` are for the lessons, to show what goes wrong with them.
+    `decoder`: what turns a padded batch into tokens instead of `model.generate` (engine/lean.py's decoders).
     """
     ids = token_ids(tokenizer, [p for _, p in items], add_special_tokens) if ids is None else ids
     check_context(model, items, [len(row) for row in ids], max_new_tokens)
@@ -150,7 +154,7 @@ def generate_items(model, tokenizer, items: list[tuple[int, str]], max_new_token
         # FSDP's hooks (on DP x TP replicas, tensor_parallel.py) refuse inference tensors: no_grad is enough there
         with torch.inference_mode(not isinstance(model, FSDPModule)):
             try:
-                done = _completions(model, tokenizer, batch, chunk, max_new_tokens, force_length)
+                done = _completions(model, tokenizer, batch, chunk, max_new_tokens, force_length, decoder)
             except torch.cuda.OutOfMemoryError:
                 raise BatchOutOfMemory(len(chunk)) from None
         if on_batch:
@@ -160,17 +164,16 @@ def generate_items(model, tokenizer, items: list[tuple[int, str]], max_new_token
 
 
 def _completions(model, tokenizer, batch, chunk: list[tuple[int, str]],
-                 max_new_tokens: int, force_length: bool) -> list[Completion]:
-    """Run one greedy generate call on a batch from padded_batch and cut each row at its first EOS."""
-    output = model.generate(
-        **batch, max_new_tokens=max_new_tokens, do_sample=False,
-        pad_token_id=tokenizer.convert_tokens_to_ids(pad_token(tokenizer)),
+                 max_new_tokens: int, force_length: bool, decoder: Decoder | None = None) -> list[Completion]:
+    """Run one greedy generate call (or `decoder`) on a batch from padded_batch and cut each row at its first EOS."""
+    pad_id, stop_ids = tokenizer.convert_tokens_to_ids(pad_token(tokenizer)), eos_ids(model, tokenizer)
+    output = decoder(model, batch, max_new_tokens, pad_id, stop_ids, force_length) if decoder else model.generate(
+        **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id,
         min_new_tokens=max_new_tokens if force_length else None,
         synced_gpus=False,  # FSDP-wrapped replicas (DP x TP) would otherwise step in lock-step with every other rank
     )
     width = batch["input_ids"].shape[1]
     new_tokens = output[:, width:].tolist()  # the prompt (and its padding) is cut off
-    stop_ids = eos_ids(model, tokenizer)
     completions = []
     for row, (index, prompt) in enumerate(chunk):
         count, reason = count_until_eos(new_tokens[row], stop_ids)

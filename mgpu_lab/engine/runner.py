@@ -163,7 +163,8 @@ def generate_share(model, tokenizer, share: list[Item], ids: Tokens, mode: Mode,
         return mine, sum(c.generated_tokens for c in mine), steps
     batches = mode.batches([len(row) for row in ids], knob, config.max_new_tokens)
     try:
-        mine = generate_items(model, tokenizer, share, config.max_new_tokens, batches, force, produced, ids)
+        mine = generate_items(model, tokenizer, share, config.max_new_tokens, batches, force, produced, ids,
+                              decoder=mode.decoder)
     except BatchOutOfMemory as error:
         raise torch.cuda.OutOfMemoryError(out_of_memory(mode, knob, error.rows)) from None
     return mine, len(share), len(batches)

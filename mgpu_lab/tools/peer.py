@@ -97,6 +97,7 @@ def peer_request(model_folder: Path, config, prompt_ids: list[list[int]], max_ne
             "stop_token_ids": sorted(stop_ids), "threads": cores, "repeats": repeats, "device": device,
             "dtype": "float32" if device == "cpu" else "auto", "enforce_eager": device == "cpu",
             "tensor_parallel_size": cores if device == "cuda" else 1,
+            "prefix_caching": False,  # on, every timed repeat after the first would reuse the last one's prefill
             "max_model_len": min(longest, config.max_position_embeddings),
             "kv_cache_gib": max(1, math.ceil(min(need, KV_BYTES_MAX) / 2**30))}
 

@@ -29,7 +29,8 @@ def measure(request: dict) -> dict:
     start = time.perf_counter()
     llm = vllm.LLM(model=request["model"], dtype=request["dtype"], max_model_len=request["max_model_len"],
                    enforce_eager=request["enforce_eager"], seed=0,
-                   tensor_parallel_size=request["tensor_parallel_size"])
+                   tensor_parallel_size=request["tensor_parallel_size"],
+                   enable_prefix_caching=request["prefix_caching"])
     load_s = time.perf_counter() - start
     params = vllm.SamplingParams(temperature=0.0, max_tokens=request["max_new_tokens"],
                                  stop_token_ids=request["stop_token_ids"])

@@ -1,0 +1,54 @@
+"""The kit's own greedy loops (engine/lean.py): token for token what `generate` gives, one prompt at a time, in fp32."""
+
+import pytest
+
+from mgpu_lab.engine.batching import sorted_batches
+from mgpu_lab.engine.generate import generate_in_batches, generate_naive, token_ids
+from mgpu_lab.engine.lean import CompiledStep, lean_decode, static_decode
+from mgpu_lab.engine.prompts import default_prompts
+
+PROMPTS = default_prompts(repeat=2)  # 20 prompts of different lengths
+NEW_TOKENS = 24
+
+
+@pytest.fixture(scope="module")
+def naive(tiny):
+    model, tokenizer = tiny
+    return generate_naive(model, tokenizer, PROMPTS, NEW_TOKENS)
+
+
+def decoded(tiny, decoder, size=8, force_length=False, prompts=PROMPTS, new=NEW_TOKENS):
+    model, tokenizer = tiny
+    batches = sorted_batches([len(row) for row in token_ids(tokenizer, prompts)], size)
+    return generate_in_batches(model, tokenizer, prompts, new, batches, force_length=force_length, decoder=decoder)
+
+
+def test_naive_stops_some_rows_early_so_rows_leave_the_batch(naive):
+    assert 0 < sum(c.stop_reason == "eos" for c in naive) < len(naive)  # else the tests below prove less
+
+
+@pytest.mark.parametrize("decoder", [lean_decode, static_decode])
+def test_the_own_loops_equal_naive_token_for_token(tiny, naive, decoder):
+    out = decoded(tiny, decoder)
+    assert [c.token_ids for c in out] == [c.token_ids for c in naive]
+    assert [c.stop_reason for c in out] == [c.stop_reason for c in naive]
+
+
+@pytest.mark.parametrize("decoder", [lean_decode, static_decode])
+def test_forced_length_never_stops_at_eos(tiny, decoder):
+    model, tokenizer = tiny
+    reference = generate_naive(model, tokenizer, PROMPTS[:4], 30, force_length=True)
+    out = decoded(tiny, decoder, force_length=True, prompts=PROMPTS[:4], new=30)
+    assert all(c.generated_tokens == 30 for c in out)
+    assert [c.token_ids for c in out] == [c.token_ids for c in reference]
+
+
+def test_one_compiled_step_equals_eager_and_serves_batches_of_other_widths(tiny, naive):
+    model, _ = tiny
+    step = CompiledStep(model)  # inductor, as on a GPU; compiled once (tens of seconds on 2 cores)
+
+    def compiled(*args):
+        return static_decode(*args, step=step)
+
+    out = decoded(tiny, compiled, size=10)  # two batches of 10 rows, of different widths
+    assert [c.token_ids for c in out] == [c.token_ids for c in naive]
