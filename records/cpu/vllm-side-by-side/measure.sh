@@ -10,6 +10,7 @@ PEER=${PEER:?set PEER to the Python of a venv with vLLM (README, "Side by side w
 REPEATS=${REPEATS:-3}
 OUT=${OUT:-records/cpu/vllm-side-by-side}
 MODES=${MODES:-sorted,budget,balanced,lean}
+rm -rf "$OUT"/{article,varied,default-small}  # one run per folder: bench appends to its records
 bench() { python -m mgpu_lab bench --num-processes 2 --modes "$MODES" --repeats "$REPEATS" --peer-python "$PEER" "$@"; }
 # article: the bundled model on the kit's 100 default prompts, 100 new tokens
 bench --model tiny --max-new-tokens 100 --prompt-set article --out "$OUT/article" --plot "$OUT/article.png" \
