@@ -73,7 +73,7 @@ def plan(out: Path, gpus: int = 1, peer_python: str | None = None) -> list[Step]
     return [
         Step("doctor", (*py, "doctor"), "doctor.txt", 60),
         Step("bench", bench, "bench.txt", 210),
-        Step("decode-paths", paths, "decode-paths.txt", 150),
+        Step("decode-paths", paths, "decode-paths.txt", 240),
         *([Step("vllm", peer, "vllm.txt", 240)] if peer_python else []),
         Step("agreement", (*py, "gpu-check", "--step", "agreement", "--out", str(out)), "agreement.txt", 90),
         *([Step("tp", tp, "tp.txt", 90)] if gpus >= 2 else []),
