@@ -1,8 +1,9 @@
 """mgpu_lab: learn data-parallel LLM inference with Hugging Face Accelerate, on CPUs or GPUs.
 
 The public face: `from mgpu_lab import run, launch, load_model, load_prompts, default_prompts`. They load lazily,
-so `python -m mgpu_lab doctor` still runs in a Python without torch. The layers: engine/ (launch, split, generate,
-gather), course/ (what the notebooks call besides the code they show), tools/ (the command line), tiny/.
+so `python -m mgpu_lab doctor` still runs in a Python without torch. The layers, from the bottom: launcher/ (run a
+function on N processes), engine/ (split, generate, gather), course/ (what the notebooks call besides the code they
+show), tools/ (the command line), tiny/.
 """
 
 from importlib import import_module
@@ -13,7 +14,7 @@ keep_cuda_unstarted()  # before any cell of the kernel can start CUDA, so later 
 
 __version__ = "0.1.0"
 
-PUBLIC = {"run": "engine.runner", "launch": "engine.launch", "load_model": "engine.models",
+PUBLIC = {"run": "engine.runner", "launch": "launcher.launch", "load_model": "engine.models",
           "load_prompts": "engine.prompts", "default_prompts": "engine.prompts"}
 __all__ = [*PUBLIC, "__version__"]
 

@@ -9,7 +9,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "mgpu_lab"
-ABOVE = {"engine": {"course", "tools"}, "course": {"tools"}, "tiny": {"course", "tools"}}  # what each may not import
+# what each layer may not import: launcher < engine < course < tools (tiny beside the course)
+ABOVE = {"launcher": {"engine", "course", "tools", "tiny"}, "engine": {"course", "tools"}, "course": {"tools"},
+         "tiny": {"course", "tools"}}
 
 
 def imported_layers(path: Path) -> set[str]:
@@ -44,9 +46,9 @@ def test_the_layer_check_sees_an_upward_import(tmp_path, monkeypatch):
 
 def test_only_the_package_face_and_shared_leaves_sit_at_the_top():
     top = sorted(p.name for p in PACKAGE.glob("*.py"))
-    assert top == ["__init__.py", "__main__.py", "defaults.py", "fork_safe.py", "paths.py"]
+    assert top == ["__init__.py", "__main__.py", "defaults.py", "files.py", "fork_safe.py", "paths.py"]
     assert sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__") == [
-        "course", "engine", "tiny", "tools"]
+        "course", "engine", "launcher", "tiny", "tools"]
 
 
 def test_assets_hold_data_not_scripts_or_records():
@@ -59,5 +61,5 @@ def test_the_public_face_imports_lazily_without_torch_first():
             "from mgpu_lab import run, launch, load_model, load_prompts, default_prompts; "
             "print(run.__module__, launch.__module__, load_model.__module__, load_prompts.__module__)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert done.stdout.split() == ["mgpu_lab.engine.runner", "mgpu_lab.engine.launch", "mgpu_lab.engine.models",
+    assert done.stdout.split() == ["mgpu_lab.engine.runner", "mgpu_lab.launcher.launch", "mgpu_lab.engine.models",
                                    "mgpu_lab.engine.prompts"], done.stderr

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from .. import defaults
 from ..engine.runner import run
-from ..engine.launch import LaunchError, count_gpus
+from ..launcher.launch import LaunchError, count_gpus
 from ..engine.models import presets
 from ..engine.modes import mode_names
 from ..engine.prompts import default_prompts, varied_prompts

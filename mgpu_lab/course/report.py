@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import textwrap
 
-from ..engine.results import Completion, RunResult, RunSummary
+from ..engine.results import Completion, ProcessStats, RunResult, RunSummary
 
 
 def mean_batch(summary: RunSummary) -> str:
@@ -31,10 +31,10 @@ def reused(summary: RunSummary) -> str:
     return f" ({summary.reused} reused from the output file{dropped})" if summary.reused or dropped else ""
 
 
-def format_split(per_process: list[dict]) -> str:
+def format_split(per_process: list[ProcessStats]) -> str:
     """How many prompts and tokens each process handled."""
-    return "\n".join(f"process {p['process']}: {p['prompts']} prompts ({p['prompt_tokens']} tokens), "
-                     f"{p['generated_tokens']} tokens generated" for p in per_process)
+    return "\n".join(f"process {p.process}: {p.prompts} prompts ({p.prompt_tokens} tokens), "
+                     f"{p.generated_tokens} tokens generated" for p in per_process)
 
 
 def format_completions(results: list[Completion], count: int = 3, width: int = 100) -> str:
@@ -64,7 +64,7 @@ def count_identical(these: list[Completion], those: list[Completion]) -> int:
 def as_record(run: dict | RunSummary | RunResult) -> dict:
     """A benchmark record as it is; a summary as its fields; a run's result with the bytes its processes hold."""
     if isinstance(run, RunResult):
-        return {**run.summary.to_dict(), "parameter_bytes": max(p["parameter_bytes"] for p in run.per_process)}
+        return {**run.summary.to_dict(), "parameter_bytes": max(p.parameter_bytes for p in run.per_process)}
     return run.to_dict() if isinstance(run, RunSummary) else run
 
 

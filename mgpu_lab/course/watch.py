@@ -14,14 +14,31 @@ import torch
 KIT = str(resources.files("mgpu_lab")) + os.sep  # code under here is the kit's, not the learner's
 
 
+@dataclass(frozen=True)
+class GenerateCall:
+    """One model.generate call: how many rows, and how its batch was built."""
+
+    rows: int
+    max_new_tokens: int | None  # as passed, or as its generation config says; None when neither says
+    right_padded: bool  # some row ends in padding (the attention mask ends in 0)
+    bos_missing: bool  # some row's first real token is not BOS
+    no_mask: bool  # several rows and no attention mask
+
+
 @dataclass
 class Watched:
     """What one process's call of the learner's function returned and did."""
 
     result: Any = None
-    gathers: int = 0  # all_gather_object calls, through gather_object or not
-    batches: list[int] = field(default_factory=list)  # rows of each generate call, in order
+    gathers: int = 0  # all_gather_object and tensor all_gather calls, through accelerate or not
+    sent: list = field(default_factory=list)  # what this process put into each gather (a tensor as a list)
+    calls: list[GenerateCall] = field(default_factory=list)  # every generate call, in order
     kit: str = ""  # a kit function that gathered or generated for the answer ("" when its own code did)
+
+    @property
+    def batches(self) -> list[int]:
+        """The rows of each generate call, in order."""
+        return [call.rows for call in self.calls]
 
 
 def watched(fn: Callable, *args: Any) -> Watched:
@@ -30,6 +47,16 @@ def watched(fn: Callable, *args: Any) -> Watched:
     with _counting_gathers(seen), _counting_generates(seen):
         seen.result = fn(*args)
     return seen
+
+
+def watched_everywhere(fn: Callable, *args: Any) -> list[Watched]:
+    """Run on every process: `watched(fn, *args)`, then every process's record, in rank order."""
+    seen = watched(fn, *args)
+    if not torch.distributed.is_initialized():
+        return [seen]
+    records: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(records, seen)
+    return records
 
 
 def _kit_caller() -> str:
@@ -42,33 +69,62 @@ def _kit_caller() -> str:
     return name
 
 
+def _as_list(value: Any) -> Any:
+    """A tensor as a plain list, anything else as it is."""
+    return value.tolist() if isinstance(value, torch.Tensor) else value
+
+
 @contextlib.contextmanager
 def _counting_gathers(seen: Watched) -> Iterator[None]:
-    """Count torch.distributed.all_gather_object, which accelerate's gather_object calls under the hood."""
-    original = torch.distributed.all_gather_object
+    """Count and record torch.distributed.all_gather_object (accelerate's gather_object) and all_gather (its gather)."""
+    originals = {name: getattr(torch.distributed, name) for name in ("all_gather_object", "all_gather")}
 
-    def gather(*args, **kwargs):
-        seen.gathers += 1
-        seen.kit = seen.kit or _kit_caller()
-        return original(*args, **kwargs)
+    def counted(name: str) -> Callable:
+        def gather(output, value, *args, **kwargs):
+            seen.gathers += 1
+            seen.sent.append(_as_list(value))
+            seen.kit = seen.kit or _kit_caller()
+            return originals[name](output, value, *args, **kwargs)
+        return gather
 
-    torch.distributed.all_gather_object = gather
+    for name in originals:
+        setattr(torch.distributed, name, counted(name))
     try:
         yield
     finally:
-        torch.distributed.all_gather_object = original
+        for name, original in originals.items():
+            setattr(torch.distributed, name, original)
+
+
+def describe_call(model: Any, args: tuple, kwargs: dict) -> GenerateCall:
+    """What one generate call asked for, read from its arguments."""
+    inputs = kwargs.get("input_ids", kwargs.get("inputs", args[0] if args else None))
+    mask = kwargs.get("attention_mask")
+    rows = 0 if inputs is None else len(inputs)
+    bos = getattr(model.config, "bos_token_id", None)
+    if inputs is None or bos is None or (mask is None and rows > 1):  # no mask: padding cannot be told from text
+        bos_missing = False
+    elif mask is None:
+        bos_missing = int(inputs[0][0]) != bos
+    else:
+        firsts = mask.long().argmax(dim=1)  # the first real position of each row
+        bos_missing = any(int(inputs[r, f]) != bos for r, f in enumerate(firsts.tolist()))
+    config = kwargs.get("generation_config") or getattr(model, "generation_config", None)
+    new_tokens = kwargs.get("max_new_tokens", getattr(config, "max_new_tokens", None))
+    return GenerateCall(rows=rows, max_new_tokens=new_tokens,
+                        right_padded=mask is not None and bool((mask[:, -1] == 0).any()),
+                        bos_missing=bos_missing, no_mask=mask is None and rows > 1)
 
 
 @contextlib.contextmanager
 def _counting_generates(seen: Watched) -> Iterator[None]:
-    """Record the rows of every model.generate call (GenerationMixin.generate, which every causal LM inherits)."""
+    """Record every model.generate call (GenerationMixin.generate, which every causal LM inherits)."""
     from transformers.generation.utils import GenerationMixin
 
     original = GenerationMixin.generate
 
     def generate(self, *args, **kwargs):
-        inputs = kwargs.get("input_ids", kwargs.get("inputs", args[0] if args else None))
-        seen.batches.append(0 if inputs is None else len(inputs))
+        seen.calls.append(describe_call(self, args, kwargs))
         seen.kit = seen.kit or _kit_caller()
         return original(self, *args, **kwargs)
 

@@ -1,1 +1,1 @@
-"""The engine: launch N processes, split prompts, generate, gather in order; load and validate every input once."""
+"""The engine: inference through the launcher: split prompts, generate, gather in order; load and check every input."""

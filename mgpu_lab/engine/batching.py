@@ -34,7 +34,7 @@ def budget_batches(lengths: list[int], max_new_tokens: int, budget: int) -> list
     return batches
 
 
-def balanced_split(costs: list[int], num_processes: int) -> list[list[int]]:
+def balanced_shares(costs: list[int], num_processes: int) -> list[list[int]]:
     """Share positions between processes so each gets about the same total cost (largest first, to the lightest)."""
     shares: list[list[int]] = [[] for _ in range(num_processes)]
     loads = [0] * num_processes

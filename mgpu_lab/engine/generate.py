@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch.distributed.fsdp import FSDPModule
 from transformers import BatchEncoding
 
-from .batching import budget_batches, fixed_batches, sorted_batches
 from ..defaults import BATCH_SIZE
+from .batching import fixed_batches
 from .results import Completion
 from .validate import prompt_list, whole_number
 
-# (model, left-padded batch, max_new_tokens, pad id, stop ids, force_length) -> prompt + new tokens, as generate's
-Decoder = Callable[..., torch.Tensor]
+Item = tuple[int, str]  # a prompt and its index in the run's prompt list: they travel together end to end
 
 
 def pad_token(tokenizer) -> str:
@@ -29,7 +29,7 @@ def eos_ids(model, tokenizer) -> set[int]:
     return ids | {tokenizer.eos_token_id}
 
 
-def check_context(model, items: list[tuple[int, str]], lengths: list[int], max_new_tokens: int) -> None:
+def check_context(model, items: list[Item], lengths: list[int], max_new_tokens: int) -> None:
     """Reject a prompt that, with max_new_tokens after it, does not fit the model's context."""
     limit = model.config.max_position_embeddings
     for (number, _), length in zip(items, lengths):
@@ -80,41 +80,53 @@ def pad_ids(tokenizer, rows: list[list[int]], device: torch.device | str = "cpu"
         tokenizer.pad_token = own
 
 
-def generate_naive(model, tokenizer, prompts: list[str], max_new_tokens: int,
-                   indices: list[int] | None = None, force_length: bool = False) -> list[Completion]:
+@dataclass(frozen=True)
+class Work:
+    """Prompts to generate for: (index, prompt) items, their token ids by position, how many new tokens, and how
+    their batches are padded."""
+
+    items: list[Item]
+    ids: list[list[int]]  # items[p]'s token ids at position p
+    max_new_tokens: int
+    force_length: bool = False  # always max_new_tokens (shape presets, whose text is noise), never an early EOS
+    padding_side: str = "left"  # "right" is for the lessons, to show what goes wrong with it
+
+    @classmethod
+    def of(cls, tokenizer, prompts: list[str], max_new_tokens: int, add_special_tokens: bool = True,
+           force_length: bool = False, padding_side: str = "left") -> Work:
+        """Prompts checked, numbered from 0 and tokenized (BOS included, unless add_special_tokens=False)."""
+        prompts = prompt_list(prompts)
+        return cls(list(enumerate(prompts)), token_ids(tokenizer, prompts, add_special_tokens),
+                   whole_number("max_new_tokens", max_new_tokens), force_length, padding_side)
+
+
+# (model, left-padded batch, its work, pad id, stop ids) -> prompt + new tokens, as `model.generate` returns them
+Decoder = Callable[[torch.nn.Module, BatchEncoding, Work, int, set[int]], torch.Tensor]
+
+
+def generate_decode(model, batch: BatchEncoding, work: Work, pad_id: int, stop_ids: set[int]) -> torch.Tensor:
+    """The decoder of most modes: one greedy `model.generate` call (engine/lean.py has the kit's own loops)."""
+    return model.generate(
+        **batch, max_new_tokens=work.max_new_tokens, do_sample=False, pad_token_id=pad_id,
+        min_new_tokens=work.max_new_tokens if work.force_length else None,
+        synced_gpus=False,  # FSDP-wrapped replicas (DP x TP) would otherwise step in lock-step with every other rank
+    )
+
+
+def generate_naive(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[Completion]:
     """The article's loop: one generate call per prompt (a batch of one needs no padding)."""
-    return generate_batched(model, tokenizer, prompts, max_new_tokens, 1, indices, force_length)
+    return generate_batched(model, tokenizer, prompts, max_new_tokens, 1)
 
 
 def generate_batched(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = BATCH_SIZE,
-                     indices: list[int] | None = None, force_length: bool = False,
-                     **batch_options) -> list[Completion]:
-    """Batches of `batch_size` prompts in input order, left padded, one generate call per batch.
+                     padding_side: str = "left", add_special_tokens: bool = True) -> list[Completion]:
+    """Batches of `batch_size` prompts in input order, left padded, one generate call per batch; in input order.
 
-    `batch_options` go to `generate_items`: the lessons pass padding_side="right" or add_special_tokens=False
-    to show what goes wrong with them.
+    The lessons pass padding_side="right" or add_special_tokens=False to show what goes wrong with them.
     """
-    batches = fixed_batches(len(prompt_list(prompts)), whole_number("batch_size", batch_size))
-    return generate_in_batches(model, tokenizer, prompts, max_new_tokens, batches, indices, force_length,
-                               **batch_options)
-
-
-def generate_sorted(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = BATCH_SIZE,
-                    indices: list[int] | None = None, force_length: bool = False) -> list[Completion]:
-    """Batches of `batch_size` prompts of similar length; results come back in input order."""
-    ids = token_ids(tokenizer, prompt_list(prompts))
-    batches = sorted_batches([len(row) for row in ids], whole_number("batch_size", batch_size))
-    return generate_in_batches(model, tokenizer, prompts, max_new_tokens, batches, indices, force_length, ids=ids)
-
-
-def generate_budget(model, tokenizer, prompts: list[str], max_new_tokens: int, token_budget: int,
-                    indices: list[int] | None = None,
-                    force_length: bool = False) -> list[Completion]:
-    """Length-sorted batches bounded by padded tokens instead of a prompt count."""
-    ids = token_ids(tokenizer, prompt_list(prompts))
-    batches = budget_batches([len(row) for row in ids], whole_number("max_new_tokens", max_new_tokens),
-                             whole_number("token_budget", token_budget))
-    return generate_in_batches(model, tokenizer, prompts, max_new_tokens, batches, indices, force_length, ids=ids)
+    work = Work.of(tokenizer, prompts, max_new_tokens, add_special_tokens, padding_side=padding_side)
+    batches = fixed_batches(len(work.items), whole_number("batch_size", batch_size))
+    return generate_items(model, tokenizer, work, batches)
 
 
 class BatchOutOfMemory(RuntimeError):
@@ -125,62 +137,44 @@ class BatchOutOfMemory(RuntimeError):
         self.rows = rows
 
 
-def generate_in_batches(model, tokenizer, prompts: list[str], max_new_tokens: int, batches: list[list[int]],
-                        indices: list[int] | None = None, force_length: bool = False,
-                        ids: list[list[int]] | None = None, **batch_options) -> list[Completion]:
-    """One left-padded generate call per batch of positions; completions come back in input order."""
-    items = list(zip(range(len(prompts)) if indices is None else indices, prompt_list(prompts)))
-    whole_number("max_new_tokens", max_new_tokens)
-    done = generate_items(model, tokenizer, items, max_new_tokens, batches, force_length, ids=ids, **batch_options)
-    return sorted(done, key=lambda c: c.index)
-
-
-def generate_items(model, tokenizer, items: list[tuple[int, str]], max_new_tokens: int, batches: list[list[int]],
-                   force_length: bool = False, on_batch: Callable[[list[Completion]], None] | None = None,
-                   ids: list[list[int]] | None = None, padding_side: str = "left",
-                   add_special_tokens: bool = True, decoder: Decoder | None = None) -> list[Completion]:
-    """Generate for (index, prompt) items, one call per batch of positions; `on_batch` sees each batch's results.
-
-    `ids`: the items' token ids, when the caller already has them (a run tokenizes once); else tokenized here.
-    `padding_side="right"` and `add_special_tokens=False` are for the lessons, to show what goes wrong with them.
-    `decoder`: what turns a padded batch into tokens instead of `model.generate` (engine/lean.py's decoders).
-    """
-    ids = token_ids(tokenizer, [p for _, p in items], add_special_tokens) if ids is None else ids
-    check_context(model, items, [len(row) for row in ids], max_new_tokens)
+def generate_items(model, tokenizer, work: Work, batches: list[list[int]],
+                   on_batch: Callable[[list[Completion]], None] | None = None,
+                   decoder: Decoder = generate_decode) -> list[Completion]:
+    """Generate for the work's items, one `decoder` call per batch of positions; `on_batch` sees each batch's."""
+    check_context(model, work.items, [len(row) for row in work.ids], work.max_new_tokens)
     completions = []
     for positions in batches:
-        chunk = [items[p] for p in positions]
-        batch = pad_ids(tokenizer, [ids[p] for p in positions], model.device, padding_side)
+        batch = pad_ids(tokenizer, [work.ids[p] for p in positions], model.device, work.padding_side)
         # FSDP's hooks (on DP x TP replicas, tensor_parallel.py) refuse inference tensors: no_grad is enough there
         with torch.inference_mode(not isinstance(model, FSDPModule)):
             try:
-                done = _completions(model, tokenizer, batch, chunk, max_new_tokens, force_length, decoder)
+                done = _completions(model, tokenizer, batch, [work.items[p] for p in positions], work, decoder)
             except torch.cuda.OutOfMemoryError:
-                raise BatchOutOfMemory(len(chunk)) from None
+                raise BatchOutOfMemory(len(positions)) from None
         if on_batch:
             on_batch(done)
         completions += done
     return completions
 
 
-def _completions(model, tokenizer, batch, chunk: list[tuple[int, str]],
-                 max_new_tokens: int, force_length: bool, decoder: Decoder | None = None) -> list[Completion]:
-    """Run one greedy generate call (or `decoder`) on a batch from padded_batch and cut each row at its first EOS."""
-    pad_id, stop_ids = tokenizer.convert_tokens_to_ids(pad_token(tokenizer)), eos_ids(model, tokenizer)
-    output = decoder(model, batch, max_new_tokens, pad_id, stop_ids, force_length) if decoder else model.generate(
-        **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id,
-        min_new_tokens=max_new_tokens if force_length else None,
-        synced_gpus=False,  # FSDP-wrapped replicas (DP x TP) would otherwise step in lock-step with every other rank
-    )
+def _completions(model, tokenizer, batch, chunk: list[Item], work: Work, decoder: Decoder) -> list[Completion]:
+    """Decode a padded batch of `chunk` greedily with `decoder` and cut each row at its first EOS."""
+    stop_ids = eos_ids(model, tokenizer)
+    output = decoder(model, batch, work, tokenizer.convert_tokens_to_ids(pad_token(tokenizer)), stop_ids)
     width = batch["input_ids"].shape[1]
     new_tokens = output[:, width:].tolist()  # the prompt (and its padding) is cut off
-    completions = []
-    for row, (index, prompt) in enumerate(chunk):
-        count, reason = count_until_eos(new_tokens[row], stop_ids)
-        kept, prompt_tokens = new_tokens[row][:count], int(batch["attention_mask"][row].sum())
-        completions.append(Completion(
-            index=index, prompt=prompt, text=tokenizer.decode(kept, skip_special_tokens=True),
-            token_ids=kept, prompt_tokens=prompt_tokens, generated_tokens=count, stop_reason=reason,
-            padded_tokens=output.shape[1] - prompt_tokens - count,
-        ))
-    return completions
+    return [completion(tokenizer, item, new_tokens[row], stop_ids, int(batch["attention_mask"][row].sum()),
+                       output.shape[1]) for row, item in enumerate(chunk)]
+
+
+def completion(tokenizer, item: Item, new_ids: list[int], stop_ids: set[int], prompt_tokens: int,
+               width: int = 0) -> Completion:
+    """One prompt's Completion from the token ids generated after it, cut at the first EOS.
+
+    `width`: the positions its row held in a padded batch (padding counted from it); 0: the row was not padded.
+    """
+    count, reason = count_until_eos(new_ids, stop_ids)
+    kept = list(new_ids[:count])
+    return Completion(index=item[0], prompt=item[1], text=tokenizer.decode(kept, skip_special_tokens=True),
+                      token_ids=kept, prompt_tokens=prompt_tokens, generated_tokens=count, stop_reason=reason,
+                      padded_tokens=width - prompt_tokens - count if width else 0)

@@ -13,7 +13,9 @@ from __future__ import annotations
 import inspect
 
 import torch
-from transformers import DynamicCache, StaticCache
+from transformers import BatchEncoding, DynamicCache, StaticCache
+
+from .generate import Work
 
 CACHE_BUCKET = 128  # static caches are a multiple of this long, so one compiled step serves most batches
 STEP_ATTRIBUTE = "_mgpu_lab_compiled_step"  # where a model keeps its compiled decode step between batches
@@ -37,22 +39,21 @@ def pick(logits: torch.Tensor, stops: torch.Tensor | None) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def lean_decode(model, batch, max_new_tokens: int, pad_id: int, stop_ids: set[int],
-                force_length: bool = False) -> torch.Tensor:
-    """Greedy tokens for a left-padded batch; a row leaves the batch at its first stop id (unless force_length)."""
+def lean_decode(model, batch: BatchEncoding, work: Work, pad_id: int, stop_ids: set[int]) -> torch.Tensor:
+    """Greedy tokens for a left-padded batch; a row leaves the batch at its first stop id (unless the work forces its length)."""
     ids, mask = batch["input_ids"], batch["attention_mask"]
     stops = torch.tensor(sorted(stop_ids), device=ids.device)
-    banned = stops if force_length else None
+    banned = stops if work.force_length else None
     cache = DynamicCache(config=model.config)
     out = model(input_ids=ids, attention_mask=mask, position_ids=left_positions(mask), use_cache=True,
                 logits_to_keep=1, **{cache_argument(model): cache})
     token, rows = pick(out.logits[:, -1], banned), torch.arange(ids.shape[0], device=ids.device)
-    new = torch.full((ids.shape[0], max_new_tokens), pad_id, dtype=ids.dtype, device=ids.device)
+    new = torch.full((ids.shape[0], work.max_new_tokens), pad_id, dtype=ids.dtype, device=ids.device)
     position = left_positions(mask)[:, -1]
-    for step in range(max_new_tokens):
+    for step in range(work.max_new_tokens):
         new[rows, step] = token
-        running = torch.ones_like(token, dtype=torch.bool) if force_length else ~torch.isin(token, stops)
-        if step == max_new_tokens - 1 or not running.any():
+        running = torch.ones_like(token, dtype=torch.bool) if work.force_length else ~torch.isin(token, stops)
+        if step == work.max_new_tokens - 1 or not running.any():
             break
         if not running.all():  # the ended rows leave the batch and the cache
             keep = running.nonzero().squeeze(-1)
@@ -80,7 +81,7 @@ class CompiledStep:
 
 
 @torch.inference_mode()
-def static_decode(model, batch, max_new_tokens: int, pad_id: int, stop_ids: set[int], force_length: bool = False,
+def static_decode(model, batch: BatchEncoding, work: Work, pad_id: int, stop_ids: set[int],
                   step: CompiledStep | None = None) -> torch.Tensor:
     """Greedy tokens for a left-padded batch over a StaticCache: every decode step has the same shapes.
 
@@ -90,9 +91,9 @@ def static_decode(model, batch, max_new_tokens: int, pad_id: int, stop_ids: set[
     """
     ids, mask = batch["input_ids"], batch["attention_mask"]
     rows, width = ids.shape
-    length = -(-(width + max_new_tokens) // CACHE_BUCKET) * CACHE_BUCKET  # batches of other widths reuse the step
+    length = -(-(width + work.max_new_tokens) // CACHE_BUCKET) * CACHE_BUCKET  # batches of other widths reuse the step
     stops = torch.tensor(sorted(stop_ids), device=ids.device)
-    banned = stops if force_length else None
+    banned = stops if work.force_length else None
     cache = StaticCache(config=model.config, max_cache_len=length)
     full = torch.cat([mask, mask.new_zeros(rows, length - width)], dim=-1)
     out = model(input_ids=ids, attention_mask=full[:, :width], position_ids=left_positions(mask),
@@ -100,11 +101,11 @@ def static_decode(model, batch, max_new_tokens: int, pad_id: int, stop_ids: set[
                 **{cache_argument(model): cache})
     token, ended = pick(out.logits[:, -1], banned), torch.zeros(rows, dtype=torch.bool, device=ids.device)
     position, step = left_positions(mask)[:, -1:], step or CompiledStep(model, compile_step=False)
-    new = torch.full((rows, max_new_tokens), pad_id, dtype=ids.dtype, device=ids.device)
-    for index in range(max_new_tokens):
+    new = torch.full((rows, work.max_new_tokens), pad_id, dtype=ids.dtype, device=ids.device)
+    for index in range(work.max_new_tokens):
         new[:, index] = torch.where(ended, pad_id, token)
-        ended |= torch.isin(token, stops) & (not force_length)
-        if index == max_new_tokens - 1 or bool(ended.all()):
+        ended |= torch.isin(token, stops) & (not work.force_length)
+        if index == work.max_new_tokens - 1 or bool(ended.all()):
             break
         full[:, width + index] = 1
         position = position + 1
@@ -113,9 +114,8 @@ def static_decode(model, batch, max_new_tokens: int, pad_id: int, stop_ids: set[
     return torch.cat([ids, new[:, :index + 1]], dim=-1)
 
 
-def compiled_decode(model, batch, max_new_tokens: int, pad_id: int, stop_ids: set[int],
-                    force_length: bool = False) -> torch.Tensor:
+def compiled_decode(model, batch: BatchEncoding, work: Work, pad_id: int, stop_ids: set[int]) -> torch.Tensor:
     """static_decode with the model's one compiled step (made on its first batch, reused by every later one)."""
     if not hasattr(model, STEP_ATTRIBUTE):
         setattr(model, STEP_ATTRIBUTE, CompiledStep(model))
-    return static_decode(model, batch, max_new_tokens, pad_id, stop_ids, force_length, getattr(model, STEP_ATTRIBUTE))
+    return static_decode(model, batch, work, pad_id, stop_ids, getattr(model, STEP_ATTRIBUTE))

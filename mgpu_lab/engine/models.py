@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -11,6 +10,7 @@ import shutil
 import sys
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -22,9 +22,9 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, Llama
                           PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase)
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from .validate import out_folder
-
+from ..files import lock
 from ..paths import CONFIGS, TINY, cache_dir
+from .validate import out_folder
 
 SHAPE_PREFIX = "shape:"
 SEED = 0
@@ -37,6 +37,19 @@ DIGEST_FILE = "digest.json"  # the sha256 of each of SMALL_FILES, as the build w
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer.model.v3", "spiece.model", "vocab.json", "vocab.txt")
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
 SHOWN = 5  # names listed in a message before "and N more"
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model name checked and resolved once, in the launching process: what every process loads, unchecked."""
+
+    name: str
+    folder: Path | None  # what from_pretrained reads; None for a shape preset (its random weights are built)
+
+    @property
+    def tokenizer_folder(self) -> Path:
+        """Where its tokenizer is: the checkpoint's own folder; every preset shares the bundled tiny tokenizer."""
+        return TINY if self.folder is None or self.name == "small" else self.folder
 
 
 class ModelNotFoundError(ValueError):
@@ -73,15 +86,15 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def model_identity(name: str) -> str:
-    """What a model name stands for, as an output file records it: a folder resolved, a preset with its source."""
-    if name == "small":
-        return small_folder().name  # small-<digest of its config and tokenizer>
-    if name == "tiny":
+def model_identity(model: ResolvedModel) -> str:
+    """What a model stands for, as an output file records it: a folder resolved, a preset with its source."""
+    if model.name == "small":
+        return model.folder.name  # small-<digest of its config and tokenizer>
+    if model.name == "tiny":
         return f"tiny-{_sha256(TINY / 'model.safetensors')[:12]}"
-    if is_synthetic(name):
-        return f"{name}-{_sha256(CONFIGS / (name.removeprefix(SHAPE_PREFIX) + '.json'))[:12]}"
-    return str(Path(_checkpoint(name)).resolve())
+    if model.folder is None:
+        return f"{model.name}-{_sha256(CONFIGS / (model.name.removeprefix(SHAPE_PREFIX) + '.json'))[:12]}"
+    return str(model.folder.resolve())
 
 
 def is_synthetic(name: str) -> bool:
@@ -112,34 +125,55 @@ def check_model(name: str) -> None:
         check_checkpoint(Path(_checkpoint(name)))
 
 
-def load_tokenizer(name: str = "tiny") -> PreTrainedTokenizerBase:
+def resolve_model(name: str) -> ResolvedModel:
+    """Check `name` and find its folder, once, before any process starts (building the `small` preset if needed)."""
+    check_model(name)
+    return locate_model(name)
+
+
+def locate_model(name: str) -> ResolvedModel:
+    """The folder of a name check_model passed: tiny's, small's (built and verified once here), a checkpoint's."""
+    if is_synthetic(name):
+        return ResolvedModel(name, None)
+    return ResolvedModel(name, TINY if name == "tiny" else small_checkpoint() if name == "small" else
+                         Path(_checkpoint(name)))
+
+
+def load_tokenizer(model: str | ResolvedModel = "tiny") -> PreTrainedTokenizerBase:
     """The tokenizer of a model; every preset shares the bundled tiny tokenizer."""
+    if isinstance(model, ResolvedModel):
+        folder = model.tokenizer_folder
+    else:  # a name: no need to check it, or to build `small`, for a tokenizer
+        folder = TINY if model in ("tiny", "small") or is_synthetic(model) else _checkpoint(model)
     with quiet_transformers():
-        if name in ("tiny", "small") or is_synthetic(name):
-            return AutoTokenizer.from_pretrained(TINY)
-        return AutoTokenizer.from_pretrained(_checkpoint(name))
+        return AutoTokenizer.from_pretrained(folder)
 
 
-def load_model(name: str, device: torch.device | str = "cpu", dtype: torch.dtype | None = None, strict: bool = True,
-               split: dict | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_model(model: str | ResolvedModel, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
+               strict: bool = True, tp_options: dict | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Return (model, tokenizer) on `device`, in eval mode; missing or unexpected weights fail (strict=False: warn).
 
-    `split`: from_pretrained options that split the model between processes (tensor_parallel.load_options).
+    `model`: a name (checked and resolved here) or a ResolvedModel (as a run hands it to each of its processes).
+    `tp_options`: from_pretrained options that split the model between processes (tensor_parallel.load_options).
     """
-    device = torch.device(device)
+    device, model = torch.device(device), _resolved(model)
     dtype = dtype or pick_dtype(device)
-    check_model(name)
-    tokenizer = load_tokenizer(name)
+    tokenizer = load_tokenizer(model)
     with quiet_transformers():
-        if is_synthetic(name):
-            check_fits(name, device, dtype)
-            return _random_model(_shape_config(name), device, dtype).eval(), tokenizer
-        placement = split or {"device_map": {"": device}}
-        model, info = AutoModelForCausalLM.from_pretrained(model_folder(name), dtype=dtype, output_loading_info=True,
-                                                           **placement)
-    check_weights(name, info, strict)
-    check_finite(name, model)
-    return model.eval(), tokenizer
+        if model.folder is None:
+            check_fits(model.name, device, dtype)
+            return _random_model(_shape_config(model.name), device, dtype).eval(), tokenizer
+        placement = tp_options or {"device_map": {"": device}}
+        loaded, info = AutoModelForCausalLM.from_pretrained(model.folder, dtype=dtype, output_loading_info=True,
+                                                            **placement)
+    check_weights(model.name, info, strict)
+    check_finite(model.name, loaded)
+    return loaded.eval(), tokenizer
+
+
+def _resolved(model: str | ResolvedModel) -> ResolvedModel:
+    """A ResolvedModel as given, or a name checked and resolved now."""
+    return model if isinstance(model, ResolvedModel) else resolve_model(model)
 
 
 def check_finite(name: str, model: PreTrainedModel) -> None:
@@ -156,10 +190,7 @@ def check_finite(name: str, model: PreTrainedModel) -> None:
 
 def model_folder(name: str) -> Path | None:
     """The folder from_pretrained reads for `name` (tiny, small, a checkpoint folder or cached id); None for shape:*."""
-    check_model(name)
-    if is_synthetic(name):
-        return None  # the architecture only: its random weights are built, never read
-    return TINY if name == "tiny" else small_checkpoint() if name == "small" else Path(_checkpoint(name))
+    return resolve_model(name).folder
 
 
 def model_config(name: str) -> PretrainedConfig:
@@ -264,8 +295,8 @@ def small_checkpoint() -> Path:
     folder = small_folder()
     if not _is_sound(folder):
         folder.parent.mkdir(parents=True, exist_ok=True)
-        with open(folder.parent / f".{folder.name}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # processes that start together build it once, one after another
+        with open(folder.parent / f".{folder.name}.lock", "w") as handle:
+            lock(handle)  # processes that start together build it once, one after another
             if not _is_sound(folder):
                 if _is_complete(folder):
                     print(f"NOTE: the small preset in {folder} changed since it was built (its digest differs): "

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .batching import budget_batches, fixed_batches, sorted_batches
-from .generate import Decoder
+from .generate import Decoder, generate_decode
 from .lean import compiled_decode, lean_decode
 
 # (prompt lengths, the knob's value, max_new_tokens) -> batches, as lists of positions into the lengths
@@ -21,7 +21,7 @@ class Mode:
     knob: str | None = None  # the RunConfig field that sizes its batches: "batch_size", "token_budget", or None
     batches: Batcher | None = None  # None: the continuous-batching scheduler regroups requests at every step
     balanced: bool = False  # split prompts over processes by token count instead of by count
-    decoder: Decoder | None = None  # None: model.generate; else engine/lean.py's own greedy loop
+    decoder: Decoder = generate_decode  # what decodes a batch: model.generate, or one of engine/lean.py's loops
 
 
 MODES = {

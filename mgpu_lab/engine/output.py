@@ -10,13 +10,14 @@ decoding (in fp32 they give identical tokens; in bf16 a different batch can roun
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterator
 
+from ..files import lock
+from ..launcher.launch import is_main_rank
 from .results import Completion
 from .validate import unique_keys
 
@@ -50,11 +51,6 @@ def made_by(model: str, max_new_tokens: int) -> dict:
     return {"model": model, "max_new_tokens": max_new_tokens, "decoding": DECODING}
 
 
-def is_owner() -> bool:
-    """True in the process that owns the output file: the caller of run(), or rank 0 under torchrun."""
-    return os.environ.get("RANK", "0") == "0"
-
-
 @contextlib.contextmanager
 def claimed(path: str | None, prompts: list[str], settings: dict,
             resume: bool) -> Iterator[tuple[OutputFile | None, dict[int, Completion]]]:
@@ -73,26 +69,24 @@ def held(path: Path) -> Iterator[None]:
     The lock is not on the file itself: the run's processes lock the file for each append, and under torchrun
     rank 0 both holds the run and appends. The lock file is removed at the end (a killed run's is reused).
     """
-    if not is_owner():
+    if not is_main_rank():  # under torchrun, rank 0 holds it for the run
         yield
         return
     lock_path = path.with_name(f".{path.name}.lock")
     while True:
-        lock = open(lock_path, "a")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
+        held_file = open(lock_path, "a")
+        if not lock(held_file, wait=False):
+            held_file.close()
             raise OutputFileError(f"Output file {path} is being written by another run (it holds {lock_path}). "
-                                  "Fix: wait for that run to end, or pass another --output file.") from None
-        if lock_path.exists() and os.path.samestat(os.fstat(lock.fileno()), lock_path.stat()):
+                                  "Fix: wait for that run to end, or pass another --output file.")
+        if lock_path.exists() and os.path.samestat(os.fstat(held_file.fileno()), lock_path.stat()):
             break
-        lock.close()  # the run before ours removed it as we opened it: take the new one
+        held_file.close()  # the run before ours removed it as we opened it: take the new one
     try:
         yield
     finally:
         lock_path.unlink(missing_ok=True)
-        lock.close()
+        held_file.close()
 
 
 def read_output(path: Path, prompts: list[str], settings: dict, resume: bool) -> tuple[OutputFile, dict]:
@@ -208,7 +202,7 @@ def append_completions(path: str | Path, completions: list[Completion]) -> None:
     lines = "".join(json.dumps(asdict(c)) + "\n" for c in completions)
     try:
         with open(path, "a", encoding="utf-8") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)  # processes append to the same file; whole lines never interleave
+            lock(handle)  # processes append to the same file; whole lines never interleave
             handle.write(lines)
             handle.flush()
     except OSError as error:  # a full disk says only "No space left on device": name the file

@@ -19,6 +19,27 @@ class Completion:
     padded_tokens: int = 0  # positions of this row that held padding: left of the prompt, after its EOS
 
 
+def first_difference(a: list[int], b: list[int]) -> int | None:
+    """The first position where two token lists differ, or None when they are equal."""
+    for position, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return position
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+@dataclass(frozen=True)
+class ProcessStats:
+    """What one process did in a run: its share of the prompts, tokens, forward steps, seconds and bytes held."""
+
+    process: int
+    replica: int
+    prompts: int
+    prompt_tokens: int
+    generated_tokens: int
+    rows: int  # sequences its forward steps decoded, summed over the steps
+    calls: int  # forward steps (generate calls, or scheduler steps)
+    seconds: float
+    parameter_bytes: int  # of the model, as this process holds it (its shard under tensor parallelism)
 
 
 @dataclass(frozen=True)
@@ -49,14 +70,15 @@ class RunSummary:
     tokens_per_s: float
 
     @classmethod
-    def of(cls, settings: dict, results: list[Completion], per_process: list[dict], wall: float) -> RunSummary:
+    def of(cls, settings: dict, results: list[Completion], per_process: list[ProcessStats],
+           wall: float) -> RunSummary:
         """Build the summary of a run from its settings, its ordered results and each process's figures."""
         generated = sum(c.generated_tokens for c in results)
         real = sum(c.prompt_tokens + c.generated_tokens for c in results)
         padded = sum(c.padded_tokens for c in results)
-        calls = sum(p["calls"] for p in per_process)
+        calls = sum(p.calls for p in per_process)
         return cls(**settings, prompts=len(results), reused=0, partial_dropped=0,
-                   mean_batch_size=round(sum(p["rows"] for p in per_process) / calls, 2) if calls else None,
+                   mean_batch_size=round(sum(p.rows for p in per_process) / calls, 2) if calls else None,
                    prompt_tokens=sum(c.prompt_tokens for c in results), generated_tokens=generated,
                    stopped_at_eos=sum(c.stop_reason == "eos" for c in results), padded_tokens=padded,
                    padding_ratio=round(padded / real, 3) if real else 0.0, wall_s=round(wall, 4),
@@ -86,11 +108,11 @@ class RunResult:
 
     results: list[Completion]
     summary: RunSummary
-    per_process: list[dict] = field(default_factory=list)
+    per_process: list[ProcessStats] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """The JSON form the command line prints: {"summary": ..., "per_process": ..., "results": [...]}."""
-        return {"summary": self.summary.to_dict(), "per_process": self.per_process,
+        return {"summary": self.summary.to_dict(), "per_process": [asdict(p) for p in self.per_process],
                 "results": [asdict(c) for c in self.results]}
 
     def with_reused(self, reused: dict[int, Completion], partial_dropped: int = 0) -> RunResult:

@@ -40,7 +40,7 @@ class Layout:
         return cls(rank // tp_size, num_processes // tp_size, rank % tp_size, tp_size)
 
     @property
-    def reports(self) -> bool:
+    def is_replica_lead(self) -> bool:
         """True for the one rank of its replica that hands in the completions (the others hold the same)."""
         return self.tp_rank == 0
 

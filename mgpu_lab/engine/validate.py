@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import errno
-import math
-import numbers
 import os
 import tempfile
 from pathlib import Path
 
-MIN_TIMEOUT_S = 1  # below this a launch's processes cannot even join their group in time
+# the number checks live with the launcher, which needs them too; the rest of the kit finds them here
+from ..launcher.checks import MIN_TIMEOUT_S, launch_timeout, port, positive_number, whole_number  # noqa: F401
+
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -25,52 +25,6 @@ def prompt_list(prompts: object) -> tuple[str, ...]:
         if not prompt.strip():
             raise ValueError(f"prompts[{number}] is empty. Fix: remove it, or give it some text.")
     return tuple(prompts)
-
-
-def run_inputs(prompts: object, num_processes: object, token_budget: object = None, timeout: object = None,
-               output: object = None, resume: object = False, **counts: object) -> tuple[str, ...]:
-    """Check a run's prompts, counts, budget (None: measured), timeout, output file (and resume) and process count."""
-    if resume and output is None:
-        raise ValueError("resume=True (--resume) needs the output file to resume from. "
-                         "Fix: pass --output FILE.jsonl (output= in run()), or leave --resume out.")
-    for name, value in counts.items():
-        whole_number(name, value)
-    if token_budget is not None:
-        whole_number("token_budget", token_budget)
-    if timeout is not None:
-        launch_timeout(timeout)
-    if output is not None:
-        output_file(output)
-    if num_processes is not None:
-        whole_number("num_processes", num_processes)
-    torchrun_env(num_processes)
-    return prompt_list(prompts)
-
-
-def whole_number(name: str, value: object, minimum: int = 1) -> int:
-    """An int (not a bool, float or str) that is at least `minimum`."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a whole number (int), got the {type(value).__name__} {value!r}.")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}.")
-    return int(value)
-
-
-def positive_number(name: str, value: object) -> float:
-    """A finite number above zero (not a bool, a str, NaN or infinity)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got the {type(value).__name__} {value!r}.")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number above 0, got {value}.")
-    return float(value)
-
-
-def port(name: str, value: object) -> int:
-    """A TCP port number, 1 to 65535."""
-    value = whole_number(name, value)
-    if value > 65535:
-        raise ValueError(f"{name} must be a TCP port from 1 to 65535, got {value}.")
-    return value
 
 
 def out_folder(path: str | Path, name: str = "--out") -> Path:
@@ -166,15 +120,6 @@ def torchrun_env(num_processes: int | tuple[int, ...] | None, environ: dict | No
         raise ValueError(f"Under torchrun the process count is fixed by WORLD_SIZE={world}, but "
                          f"{', '.join(map(str, asked))} process(es) were asked for. "
                          f"Fix: pass --num-processes {world}, or leave it out.")
-
-
-def launch_timeout(value: object) -> float:
-    """A launch's timeout: a number of seconds long enough for the processes to start and join their group."""
-    seconds = positive_number("timeout", value)
-    if seconds < MIN_TIMEOUT_S:
-        raise ValueError(f"timeout must be at least {MIN_TIMEOUT_S} s (the processes need about that long to start "
-                         f"and join their group), got {value}. Fix: leave it out (300 s) or pass a larger one.")
-    return seconds
 
 
 def _env_int(environ: dict, name: str) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import datetime
-import fcntl
+import io
 import itertools
 import json
 import os
@@ -16,20 +16,19 @@ from pathlib import Path
 import accelerate
 import torch
 import transformers
-from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from .. import __version__
+from .. import __version__, defaults
 from ..course.roofline import bandwidth_for, roofline_fraction
-from ..engine.generate import token_ids
-from ..engine.launch import launch
-from ..engine.models import is_synthetic, load_model
+from ..engine.models import is_synthetic, resolve_model
 from ..engine.modes import lookup_mode
 from ..engine.results import RunSummary
-from ..engine.runner import DEFAULTS, RunConfig, check_run, settle_budget, split_options, timed_run
+from ..engine.runner import RunConfig, check_run, prepare, timed_run
 from ..engine.tensor_parallel import parameter_bytes
 from ..engine.validate import positive_number, whole_number
-from .peer import agreement, check_peer, measure_peer
+from ..files import lock, write_whole
+from ..launcher.launch import launch
+from .peer import Peer, agreement, check_peer, measure_peer
 
 RECORDS, RECORDS_CSV = "records.jsonl", "records.csv"
 
@@ -41,14 +40,14 @@ class Sweep:
     modes: tuple[str, ...] = ("naive", "batched")
     num_processes: tuple[int, ...] = (1, 2)
     tp_sizes: tuple[int, ...] = (1,)  # a TP size runs with each process count it divides
-    batch_sizes: tuple[int, ...] = (DEFAULTS.batch_size,)
-    max_new_tokens: tuple[int, ...] = (DEFAULTS.max_new_tokens,)
-    model: str = DEFAULTS.model
+    batch_sizes: tuple[int, ...] = (defaults.BATCH_SIZE,)
+    max_new_tokens: tuple[int, ...] = (defaults.MAX_NEW_TOKENS,)
+    model: str = defaults.MODEL
     prompts: tuple[str, ...] = ()
     prompt_set: str = "default"
     repeats: int = 3
     bandwidth_gbs: float | None = None
-    token_budget: int | None = DEFAULTS.token_budget
+    token_budget: int | None = None  # None: measured by the first point that needs one
     peer_python: str | None = None  # a venv's Python with vLLM: its LLM.generate is measured beside each point
 
     def points(self) -> list[tuple[str, int, int, int | None, int]]:
@@ -61,17 +60,20 @@ class Sweep:
                                   for m, n, t, b, k in grid if n % t == 0))
 
 
-def measure_on_this_process(config: RunConfig, repeats: int) -> dict:
-    """Every process runs this: load once, one short warm-up run that is not counted, then `repeats` runs."""
-    accelerator = Accelerator()
-    model, tokenizer = load_model(config.model, accelerator.device, split=split_options(accelerator, config))
-    ids = token_ids(tokenizer, config.prompts)  # once, for the warm-up and every repeat
-    config = settle_budget(config, model, ids, accelerator)
-    warm = accelerator.num_processes * 4
-    timed_run(accelerator, model, tokenizer, replace(config, prompts=config.prompts[:warm], max_new_tokens=4), ids)
-    results = [timed_run(accelerator, model, tokenizer, config, ids) for _ in range(repeats)]
-    return {"runs": [r.summary for r in results], "device_name": device_name(accelerator.device),
-            "token_ids": [c.token_ids for c in results[-1].results],  # for the agreement with a peer, not recorded
+def measure_on_this_process(config: RunConfig, repeats: int) -> dict | None:
+    """Every process runs this: the run's context once, a short warm-up run not counted, then `repeats` runs.
+
+    Rank 0's figures; None on the other ranks.
+    """
+    context, config = prepare(config)  # the same context run() builds: model, tokenizer, prompt ids, budget
+    warm = context.accelerator.num_processes * 4
+    timed_run(context, replace(config, prompts=config.prompts[:warm], max_new_tokens=4))
+    runs = [timed_run(context, config) for _ in range(repeats)]
+    if not context.accelerator.is_main_process:
+        return None
+    model = context.model
+    return {"runs": [r.summary for r in runs], "device_name": device_name(context.accelerator.device),
+            "token_ids": [c.token_ids for c in runs[-1].results],  # for the agreement with a peer, not recorded
             "model_params": model.num_parameters(),
             "model_bytes": model.num_parameters() * model.dtype.itemsize,
             "parameter_bytes": parameter_bytes(model)}  # what one process holds: model_bytes / tp_size, about
@@ -87,8 +89,8 @@ def make_record(sweep: Sweep, measured: dict) -> dict:
     runs: list[RunSummary] = measured.pop("runs")
     median = replace(runs[0], wall_s=statistics.median(r.wall_s for r in runs),
                      tokens_per_s=round(statistics.median(r.tokens_per_s for r in runs), 2))
-    return {**median.to_dict(), "engine": "mgpu_lab", "prompt_set": sweep.prompt_set, "synthetic": is_synthetic(sweep.model),
-            "repeats": len(runs), "wall_s_all": [r.wall_s for r in runs], **measured,
+    return {**median.to_dict(), "engine": "mgpu_lab", "prompt_set": sweep.prompt_set,
+            "synthetic": is_synthetic(sweep.model), "repeats": len(runs), "wall_s_all": [r.wall_s for r in runs], **measured,
             **roofline_columns(median, measured, sweep.bandwidth_gbs),
             "versions": {"mgpu_lab": __version__, "torch": torch.__version__,
                          "transformers": transformers.__version__, "accelerate": accelerate.__version__},
@@ -107,8 +109,9 @@ def roofline_columns(summary: RunSummary, measured: dict, bandwidth_gbs: float |
     return {"bandwidth_gbs": bandwidth, "roofline_fraction": round(fraction, 4)}
 
 
-def check_sweep(sweep: Sweep) -> None:
-    """Every point of the sweep checked as one run is (check_run), before any process starts."""
+def check_sweep(sweep: Sweep) -> list[tuple[RunConfig, int]]:
+    """Every point of the sweep checked as one run is (check_run), before any process starts: each point's config
+    and process count, its model resolved once for them all."""
     for name in ("modes", "num_processes", "tp_sizes", "batch_sizes", "max_new_tokens"):
         values = getattr(sweep, name)
         if not isinstance(values, (list, tuple)) or not values:
@@ -123,9 +126,10 @@ def check_sweep(sweep: Sweep) -> None:
     if not sweep.points():
         raise ValueError(f"No TP size of {sweep.tp_sizes} divides a process count of {sweep.num_processes}. "
                          "Fix: add 1 to --tp-sizes, or a process count that is a multiple of one of them.")
-    for mode, processes, tp, batch, new_tokens in sweep.points():
-        check_run(mode, sweep.model, sweep.prompts, processes, tp, token_budget=sweep.token_budget,
-                  max_new_tokens=new_tokens, batch_size=batch or DEFAULTS.batch_size)
+    model = resolve_model(sweep.model)
+    return [check_run(mode, model, sweep.prompts, processes, tp, token_budget=sweep.token_budget,
+                      max_new_tokens=new_tokens, batch_size=batch or defaults.BATCH_SIZE)
+            for mode, processes, tp, batch, new_tokens in sweep.points()]
 
 
 def run_sweep(sweep: Sweep, progress: bool = True, out_dir: Path | None = None) -> list[dict]:
@@ -134,27 +138,26 @@ def run_sweep(sweep: Sweep, progress: bool = True, out_dir: Path | None = None) 
     Without a given token budget, the first point that needs one measures it and every later point (with the
     same new tokens) reuses it, so the modes are compared at one budget.
     """
-    check_sweep(sweep)
     records, budgets, peers = [], {}, {}
-    for mode, processes, tp, batch, new_tokens in tqdm(sweep.points(), desc="bench", disable=not progress):
-        if sweep.peer_python and (processes, new_tokens) not in peers:  # the peer first, on the same cores
-            peers[processes, new_tokens] = measure_peer(sweep.peer_python, sweep.model, sweep.prompts, processes,
-                                                        new_tokens, sweep.repeats, sweep.prompt_set)
-            records.append(peers[processes, new_tokens].record)
+    for config, processes in tqdm(check_sweep(sweep), desc="bench", disable=not progress):
+        config = replace(config, token_budget=sweep.token_budget or budgets.get(config.max_new_tokens))
+        same_cores = (processes, config.max_new_tokens)
+        if sweep.peer_python and same_cores not in peers:  # the peer first, on the same cores
+            peers[same_cores] = measure_peer(Peer(sweep.peer_python, processes, sweep.repeats), config)
+            records.append({**peers[same_cores].record, "prompt_set": sweep.prompt_set})
             if out_dir is not None:
                 save_records(records[-1:], out_dir)
-        config = RunConfig(mode=mode, model=sweep.model, prompts=sweep.prompts, max_new_tokens=new_tokens,
-                           batch_size=batch or DEFAULTS.batch_size, tp_size=tp,
-                           token_budget=sweep.token_budget or budgets.get(new_tokens))
-        measured = launch(measure_on_this_process, config, sweep.repeats, num_processes=processes, verbose=False)
+        measured = launch(measure_on_this_process, (config, sweep.repeats), num_processes=processes, verbose=False)
+        if measured is None:  # a non-zero rank under torchrun: rank 0 keeps the records
+            continue
         kit_ids = measured.pop("token_ids")
         records.append(make_record(sweep, measured))
-        if (processes, new_tokens) in peers:
-            records[-1]["vllm_agreement"] = agreement(kit_ids, *peers[processes, new_tokens].ids_and_stops)
+        if same_cores in peers:
+            records[-1]["vllm_agreement"] = agreement(kit_ids, *peers[same_cores].ids_and_stops)
         if out_dir is not None:
             save_records(records[-1:], out_dir)
         if records[-1]["token_budget"]:
-            budgets.setdefault(new_tokens, records[-1]["token_budget"])
+            budgets.setdefault(config.max_new_tokens, records[-1]["token_budget"])
     return records
 
 
@@ -165,25 +168,24 @@ def save_records(records: list[dict], out_dir: Path) -> tuple[Path, Path]:
     data = "".join(json.dumps(r, allow_nan=False) + "\n" for r in records).encode()
     handle = os.open(jsonl, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # writers take turns, so the last csv holds every record
+        lock(handle)  # writers take turns, so the last csv holds every record
         if os.write(handle, data) != len(data):
             raise OSError(f"{jsonl}: the disk took only part of the records (is it full?)")
-        _write_csv(load_records(jsonl), out_dir, table)
+        _write_csv(load_records(jsonl), table)
     finally:
         os.close(handle)
     return jsonl, table
 
 
-def _write_csv(everything: list[dict], out_dir: Path, table: Path) -> None:
+def _write_csv(everything: list[dict], table: Path) -> None:
     """Every record as a csv row, written aside and renamed in, so a reader never sees half a file."""
     columns = list(dict.fromkeys(key for r in everything for key in r))
-    staging = out_dir / f".records-{os.getpid()}.csv"  # this process's own; the rename swaps it in whole
-    with staging.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()}
-                         for r in everything)
-    staging.replace(table)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()}
+                     for r in everything)
+    write_whole(table, text.getvalue())
 
 
 def load_records(path: Path) -> list[dict]:

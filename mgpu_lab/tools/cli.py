@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from .. import defaults
 from ..paths import results_dir
 from . import doctor
 
@@ -15,27 +16,22 @@ try:  # `python -m mgpu_lab doctor` runs without these (mgpu_lab/__main__.py); t
     from ..course.demos import hello
     from ..course.plots import plot_against_peer, plot_scaling
     from ..course.report import format_completions, format_records, format_split, format_summary
-    from ..engine.launch import DEFAULT_TIMEOUT_S, LaunchError, launch
+    from ..launcher.launch import DEFAULT_TIMEOUT_S, LaunchError, is_main_rank, launch
     from ..engine.models import ModelNotFoundError, check_model, is_synthetic
     from ..engine.modes import MODES, mode_names
     from ..engine.prompts import PromptFileError, default_prompts, load_prompts
-    from ..engine.runner import DEFAULTS, run
+    from ..engine.runner import run
     from ..engine.validate import image_path, out_folder, positive_number, torchrun_env, whole_number
     from ..tiny import train as train_tiny
     from . import gpu_check
     from .arguments import Parser, cli_type
     from .bench import RECORDS, RECORDS_CSV, Sweep, against_input_order, run_sweep
-    from .peer import PeerError, against_peer, format_agreement
+    from .peer import against_peer, format_agreement
 except ImportError as missing:  # a fresh Python: say what is missing and how to install it, not a traceback
     print(f"error: {missing}. The kit's dependencies are not all installed in this Python ({sys.executable}). "
           "Fix: follow the README's Quickstart (torch first, then `pip install -r requirements.txt`), then "
           "run `python -m mgpu_lab doctor`.", file=sys.stderr)
     sys.exit(2)
-
-
-def is_main_rank() -> bool:
-    """False on the non-zero ranks of a torchrun launch, which must not print results."""
-    return os.environ.get("RANK", "0") == "0"
 
 
 positive_int = cli_type(whole_number)
@@ -61,11 +57,11 @@ def cmd_hello(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     """Lessons 2, 3 and 5 from the terminal: one inference run in the mode named by the subcommand."""
     warn_if_synthetic(args.model)
-    result = run(args.command, args.model, read_prompts(args.prompts), args.num_processes,
-                 args.max_new_tokens, args.batch_size, verbose=not args.json, token_budget=args.token_budget,
-                 output=args.output, resume=args.resume, progress=False if args.quiet else None,
-                 timeout=args.timeout, tp_size=args.tp_size)
-    if not is_main_rank():
+    result = run(args.command, args.model, read_prompts(args.prompts), num_processes=args.num_processes,
+                 max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, verbose=not args.json,
+                 token_budget=args.token_budget, output=args.output, resume=args.resume,
+                 progress=False if args.quiet else None, timeout=args.timeout, tp_size=args.tp_size)
+    if not is_main_rank():  # the non-zero ranks of a torchrun launch print nothing
         return 0
     if args.json:
         print(json.dumps(result.to_dict(), allow_nan=False))
@@ -146,11 +142,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def add_workload_options(parser: argparse.ArgumentParser) -> None:
     """The options every generating command shares: which model, which prompts, what token budget."""
-    parser.add_argument("--model", default=DEFAULTS.model, help="tiny, small, shape:NAME, or a checkpoint folder")
+    parser.add_argument("--model", default=defaults.MODEL, help="tiny, small, shape:NAME, or a checkpoint folder")
     parser.add_argument("--prompts", help="a .txt (a prompt a line), .jsonl (\"prompt\" fields) or .csv "
                                           "(a prompt column) file; - for standard input (default: the article's "
                                           "100 prompts)")
-    parser.add_argument("--token-budget", type=positive_int, default=DEFAULTS.token_budget,
+    parser.add_argument("--token-budget", type=positive_int, default=None,
                         help="padded tokens per batch (" + ", ".join(n for n, m in MODES.items()
                                                                      if m.knob == "token_budget")
                         + "); default: measured for the model and device, see mgpu_lab/budget.py")
@@ -164,9 +160,9 @@ def add_bench_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-processes", type=int_list, default=(1, 2), help="comma-separated, e.g. 1,2,4")
     parser.add_argument("--tp-sizes", type=int_list, default=(1,),
                         help="comma-separated tensor-parallel sizes, e.g. 1,2 (those that divide a process count run)")
-    parser.add_argument("--batch-sizes", type=int_list, default=(DEFAULTS.batch_size,),
+    parser.add_argument("--batch-sizes", type=int_list, default=(defaults.BATCH_SIZE,),
                         help="comma-separated, e.g. 8,16,32")
-    parser.add_argument("--max-new-tokens", type=int_list, default=(DEFAULTS.max_new_tokens,), help="comma-separated")
+    parser.add_argument("--max-new-tokens", type=int_list, default=(defaults.MAX_NEW_TOKENS,), help="comma-separated")
     parser.add_argument("--prompt-set", help="a name for the prompt set in the records")
     parser.add_argument("--repeats", type=positive_int, default=3, help="timed runs per point; the median is kept")
     parser.add_argument("--bandwidth-gbs", type=cli_type(positive_number, float),
@@ -182,11 +178,11 @@ def add_bench_options(parser: argparse.ArgumentParser) -> None:
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     """Options of the commands that run one mode."""
     add_workload_options(parser)
-    parser.add_argument("--max-new-tokens", type=positive_int, default=DEFAULTS.max_new_tokens)
-    parser.add_argument("--tp-size", type=positive_int, default=DEFAULTS.tp_size,
+    parser.add_argument("--max-new-tokens", type=positive_int, default=defaults.MAX_NEW_TOKENS)
+    parser.add_argument("--tp-size", type=positive_int, default=1,
                         help="processes that split one copy of the model (tensor parallelism); "
                              "--num-processes / --tp-size copies split the prompts")
-    parser.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size,
+    parser.add_argument("--batch-size", type=positive_int, default=defaults.BATCH_SIZE,
                         help="prompts per batch (" + ", ".join(n for n, m in MODES.items() if m.knob == "batch_size")
                         + ")")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout, nothing else")

@@ -15,6 +15,7 @@ from importlib import metadata, resources
 from typing import Callable
 
 from ..engine.validate import port as port_number
+from . import versions
 from .arguments import Parser, cli_type
 
 # Nothing here imports a package from outside the standard library at the top (not torch, not even `packaging`):
@@ -34,11 +35,12 @@ class Check:
     ok: bool
     detail: str
     fix: str = ""
+    note: bool = False  # passed, with something to know: "NOTE name detail. Fix: ..."
 
     def line(self) -> str:
-        """The check as one line: "PASS name detail" or "FAIL name detail. Fix: ..."."""
-        text = f"{'PASS' if self.ok else 'FAIL'} {self.name} {self.detail}"
-        return text if self.ok or not self.fix else f"{text} Fix: {self.fix}"
+        """The check as one line: "PASS name detail", "NOTE name detail. Fix: ..." or "FAIL name detail. Fix: ..."."""
+        text = f"{'NOTE' if self.note else 'PASS' if self.ok else 'FAIL'} {self.name} {self.detail}"
+        return text if (self.ok and not self.note) or not self.fix else f"{text} Fix: {self.fix}"
 
 
 def installed_version(package: str) -> str | None:
@@ -82,6 +84,17 @@ def check_package(package: str) -> Check:
     return Check(package, True, found)
 
 
+def check_tested_set() -> Check:
+    """Each installed package of the tested set is at the version the suite and the saved outputs were checked with."""
+    pinned, present = versions.tested_set(), versions.installed()
+    drift = versions.differences(pinned, present)
+    if not drift:
+        return Check("tested set", True, "every installed package is at its tested version")
+    return Check("tested set", True, f"{len(drift)} package(s) differ from the versions the lessons were checked with "
+                 f"({', '.join(drift)}): lessons should still run, but saved outputs and tests may differ.",
+                 versions.install_fix(versions.drifted(pinned, present)), note=True)
+
+
 def needs_imports(name: str) -> Callable[[Callable[..., Check]], Callable[..., Check]]:
     """For a check that imports torch or the kit's engine: an import that fails is its FAIL line, not a traceback."""
     def guard(check: Callable[..., Check]) -> Callable[..., Check]:
@@ -110,7 +123,7 @@ def check_cuda_not_initialised() -> Check:
 @needs_imports("GPUs")
 def check_gpus() -> Check:
     """How many GPUs the launcher will use, and their memory, found without initialising CUDA."""
-    from ..engine.launch import count_gpus
+    from ..launcher.launch import count_gpus
 
     gpus = count_gpus()
     if not gpus:
@@ -130,7 +143,7 @@ def gpu_memory() -> str:
 @needs_imports("port")
 def check_port(port: int = DEFAULT_PORT) -> Check:
     """The rendezvous port that torchrun and accelerate launch use by default is free."""
-    from ..engine.launch import port_is_free
+    from ..launcher.launch import port_is_free
 
     if port_is_free(port):
         return Check(f"port {port}", True, "is free")
@@ -142,7 +155,7 @@ def check_port(port: int = DEFAULT_PORT) -> Check:
 def check_launch() -> Check:
     """A launch of lesson 1's hello() as lessons make it (one process per GPU, else 2 CPU ones) hears from each."""
     from ..course.demos import hello
-    from ..engine.launch import LaunchError, launch, plan_launch
+    from ..launcher.launch import LaunchError, launch, plan_launch
 
     try:
         expected = plan_launch().num_processes
@@ -178,8 +191,8 @@ def check_model_loads(name: str = "tiny") -> Check:
 def checks(model: str, port: int) -> list[Callable[[], Check]]:
     """Every check, in the order the doctor runs them; the launch runs before any model is loaded here."""
     packages = [partial(check_package, package) for package in dependencies()]
-    return [check_python, *packages, check_cuda_not_initialised, check_gpus, partial(check_port, port), check_launch,
-            partial(check_model_loads, model)]
+    return [check_python, *packages, check_tested_set, check_cuda_not_initialised, check_gpus, partial(check_port, port),
+            check_launch, partial(check_model_loads, model)]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

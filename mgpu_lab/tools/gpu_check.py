@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..engine.launch import count_gpus
-from ..engine.results import RunSummary
+from ..launcher.launch import count_gpus
+from ..engine.results import RunSummary, first_difference
 from ..paths import records_dir
 
 LESSONS = ("01_hello_processes.ipynb", "02_naive_inference.ipynb", "03_batched_inference.ipynb")
@@ -160,14 +160,6 @@ def compare(reference: list, other: list) -> dict:
     return {"prompts": len(reference), "identical": len(reference) - len(differing), "diverge_at": differing}
 
 
-def first_difference(a: list[int], b: list[int]) -> int | None:
-    """The first position where two token lists differ, or None when they are equal."""
-    for position, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return position
-    return None if len(a) == len(b) else min(len(a), len(b))
-
-
 def agreement_prompts() -> list[str]:
     """The article's ten distinct first lines, then short prompts from the varied set (all fit tiny's context)."""
     from ..engine.prompts import default_prompts, load_prompts
@@ -179,9 +171,9 @@ def agreement_prompts() -> list[str]:
 
 def run_agreement(out: Path) -> int:
     """Measure agreement in one launched process on the GPU and write agreement.json."""
-    from ..engine.launch import launch
+    from ..launcher.launch import launch
 
-    found = launch(agreement_on_this_process, agreement_prompts(), AGREEMENT_NEW_TOKENS, AGREEMENT_DTYPES,
+    found = launch(agreement_on_this_process, (agreement_prompts(), AGREEMENT_NEW_TOKENS, AGREEMENT_DTYPES),
                    num_processes=1, verbose=False)
     (out / "agreement.json").write_text(json.dumps(found, indent=1) + "\n")
     print(json.dumps(found, indent=1))
@@ -246,9 +238,9 @@ def decode_probe_on_this_process(model_name: str, batches: tuple[int, ...], new_
 
 def run_decode_probe(out: Path) -> int:
     """Where the time of one decode step goes: eager generate vs static cache + torch.compile (decode_probe.json)."""
-    from ..engine.launch import launch
+    from ..launcher.launch import launch
 
-    found = launch(decode_probe_on_this_process, BENCH_MODEL, (16, 64), 48, ("eager", "static+compile"),
+    found = launch(decode_probe_on_this_process, (BENCH_MODEL, (16, 64), 48, ("eager", "static+compile")),
                    num_processes=1, verbose=False)
     (out / "decode_probe.json").write_text(json.dumps(found, indent=1) + "\n")
     print(json.dumps(found, indent=1))

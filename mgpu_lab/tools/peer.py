@@ -23,9 +23,10 @@ from types import SimpleNamespace
 from transformers import GenerationConfig
 
 from ..engine.generate import count_until_eos, eos_ids, token_ids
-from ..engine.launch import already_launched, count_gpus
-from ..engine.models import is_synthetic, load_tokenizer, model_config, model_folder
+from ..engine.models import is_synthetic, load_tokenizer, model_config
 from ..engine.results import RunSummary
+from ..engine.runner import RunConfig
+from ..launcher.launch import already_launched, count_gpus
 
 WORKER = Path(__file__).with_name("vllm_worker.py")
 NO_VLLM = 3  # vllm_worker.py's exit code for a Python without vLLM
@@ -38,6 +39,15 @@ KV_BYTES_MAX = 4 * 2**30  # the CPU KV cache vLLM may claim: enough for the work
 
 class PeerError(ValueError):
     """The peer could not run (no such Python, no vLLM in it, vLLM failed): the message names the fix."""
+
+
+@dataclass(frozen=True)
+class Peer:
+    """How vLLM runs beside a point of the sweep: in which Python, on how many cores, timed how many times."""
+
+    python: str  # a venv's Python with vLLM installed
+    cores: int  # the kit's process count: as many threads in one engine (CPU), or GPUs (tensor parallel)
+    repeats: int  # timed LLM.generate calls, after one untimed warm-up
 
 
 @dataclass(frozen=True)
@@ -59,19 +69,17 @@ def check_peer(python: str, model: str) -> None:
                         "not under torchrun.")
 
 
-def measure_peer(python: str, model: str, prompts: tuple[str, ...], cores: int, max_new_tokens: int,
-                 repeats: int, prompt_set: str) -> PeerRun:
-    """vLLM on the same folder, prompts (as the kit's token ids), new tokens and cores (threads, or GPUs)."""
-    tokenizer, folder = load_tokenizer(model), model_folder(model)
-    prompt_ids = token_ids(tokenizer, list(prompts))
-    stops = stop_ids(folder, tokenizer)
+def measure_peer(peer: Peer, config: RunConfig) -> PeerRun:
+    """vLLM on the run's model folder, prompts (as the kit tokenizes them), new tokens, on `peer.cores` cores."""
+    tokenizer = load_tokenizer(config.model)
+    prompt_ids = token_ids(tokenizer, list(config.prompts))
+    stops = stop_ids(config.model.folder, tokenizer)
     device = "cuda" if count_gpus() else "cpu"
-    request = peer_request(folder, model_config(model), prompt_ids, max_new_tokens, stops, cores, repeats, device)
-    result = run_peer(python, request)
-    settings = {"model": model, "dtype": request["dtype"], "device": device, "num_processes": cores, "tp_size": 1,
-                "replicas": 1, "max_new_tokens": max_new_tokens}
-    record = {**peer_record(result, prompt_ids, stops, settings), "prompt_set": prompt_set}
-    return PeerRun(record, (result["token_ids"], stops))
+    request = peer_request(peer, config, prompt_ids, stops, device)
+    result = run_peer(peer.python, request)
+    settings = {"model": config.model.name, "dtype": request["dtype"], "device": device,
+                "num_processes": peer.cores, "tp_size": 1, "replicas": 1, "max_new_tokens": config.max_new_tokens}
+    return PeerRun(peer_record(result, prompt_ids, stops, settings), (result["token_ids"], stops))
 
 
 def stop_ids(folder: Path, tokenizer) -> set[int]:
@@ -83,22 +91,20 @@ def stop_ids(folder: Path, tokenizer) -> set[int]:
     return eos_ids(SimpleNamespace(generation_config=generation), tokenizer)
 
 
-def peer_request(model_folder: Path, config, prompt_ids: list[list[int]], max_new_tokens: int,
-                 stop_ids: set[int], cores: int, repeats: int, device: str) -> dict:
-    """What vllm_worker.py needs: the same folder, token ids, new tokens, greedy stops and cores as the kit's run.
-
-    `cores`: the kit's process count; vLLM gets as many threads in one engine (CPU) or GPUs (tensor parallel).
-    """
-    longest = max(len(ids) for ids in prompt_ids) + max_new_tokens
-    kv_per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * (
-        config.hidden_size // config.num_attention_heads) * 4  # fp32 keys and values
-    need = kv_per_token * sum(len(ids) + max_new_tokens for ids in prompt_ids)
-    return {"model": str(model_folder), "prompt_token_ids": prompt_ids, "max_new_tokens": max_new_tokens,
-            "stop_token_ids": sorted(stop_ids), "threads": cores, "repeats": repeats, "device": device,
+def peer_request(peer: Peer, config: RunConfig, prompt_ids: list[list[int]], stop_ids: set[int],
+                 device: str) -> dict:
+    """What vllm_worker.py needs: the run's folder, its prompts' token ids, new tokens, greedy stops; the cores."""
+    new, shape = config.max_new_tokens, model_config(config.model.name)
+    longest = max(len(ids) for ids in prompt_ids) + new
+    kv_per_token = 2 * shape.num_hidden_layers * shape.num_key_value_heads * (
+        shape.hidden_size // shape.num_attention_heads) * 4  # fp32 keys and values
+    need = kv_per_token * sum(len(ids) + new for ids in prompt_ids)
+    return {"model": str(config.model.folder), "prompt_token_ids": prompt_ids, "max_new_tokens": new,
+            "stop_token_ids": sorted(stop_ids), "threads": peer.cores, "repeats": peer.repeats, "device": device,
             "dtype": "float32" if device == "cpu" else "auto", "enforce_eager": device == "cpu",
-            "tensor_parallel_size": cores if device == "cuda" else 1,
+            "tensor_parallel_size": peer.cores if device == "cuda" else 1,
             "prefix_caching": False,  # on, every timed repeat after the first would reuse the last one's prefill
-            "max_model_len": min(longest, config.max_position_embeddings),
+            "max_model_len": min(longest, shape.max_position_embeddings),
             "kv_cache_gib": max(1, math.ceil(min(need, KV_BYTES_MAX) / 2**30))}
 
 
@@ -171,9 +177,12 @@ def agreement(kit: list[list[int]], peer: list[list[int]], stop_ids: set[int]) -
 
 
 def against_peer(records: list[dict]) -> list[dict]:
-    """Each kit record with x_vllm: its tokens/s over the peer's on the same cores (processes) and new tokens."""
+    """Each kit record with x_vllm: its tokens/s over the peer's on the same cores (processes) and new tokens;
+    the records as they are when no peer ran."""
     peers = {(r["num_processes"], r["max_new_tokens"]): r["tokens_per_s"] for r in records
              if r.get("engine") == "vllm"}
+    if not peers:
+        return records
     rows = []
     for r in records:
         peer = peers.get((r["num_processes"], r["max_new_tokens"]))

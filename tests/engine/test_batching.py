@@ -2,12 +2,11 @@
 
 import pytest
 
-from mgpu_lab.engine.batching import balanced_split, budget_batches, fixed_batches, sorted_batches
+from mgpu_lab.engine.batching import balanced_shares, budget_batches, fixed_batches, sorted_batches
 from mgpu_lab.engine.budget import saturating_rows, token_budget_for
-from mgpu_lab.engine.continuous import generate_continuous
-from mgpu_lab.engine.runner import run
-from mgpu_lab.engine.modes import mode_names
-from mgpu_lab.engine.generate import generate_budget, generate_naive, generate_sorted, prompt_lengths
+from mgpu_lab.engine.runner import generate_with_mode, run
+from mgpu_lab.engine.modes import MODES, mode_names
+from mgpu_lab.engine.generate import Work, generate_naive, prompt_lengths
 from mgpu_lab.engine.prompts import VARIED, build_varied, default_prompts, varied_prompts
 
 
@@ -45,17 +44,24 @@ def test_budget_batches_respect_the_budget():
 
 def test_balanced_split_evens_the_cost():
     costs = [100, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10]
-    shares = balanced_split(costs, 2)
+    shares = balanced_shares(costs, 2)
     assert covers_once(shares, len(costs))
     loads = [sum(costs[p] for p in share) for share in shares]
     assert loads == [100, 100]  # a count-based split would give 150 and 50
-    assert balanced_split([], 3) == [[], [], []]
+    assert balanced_shares([], 3) == [[], [], []]
 
 
 @pytest.fixture(scope="module")
 def short_varied(tiny):
     _, tokenizer = tiny
     return [p for p in varied_prompts() if len(tokenizer(p).input_ids) <= 120][:24]
+
+
+def by_mode(tiny, mode, prompts, max_new_tokens, knob):
+    """Generate in this process as `mode` groups the prompts (MODES: the one way into every mode), in input order."""
+    model, tokenizer = tiny
+    done, _, _ = generate_with_mode(model, tokenizer, Work.of(tokenizer, prompts, max_new_tokens), MODES[mode], knob)
+    return sorted(done, key=lambda c: c.index)
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +71,7 @@ def reference(tiny, short_varied):
 
 
 def test_sorted_and_budget_equal_naive_in_input_order(tiny, short_varied, reference):
-    model, tokenizer = tiny
-    for out in (generate_sorted(model, tokenizer, short_varied, 10, 5),
-                generate_budget(model, tokenizer, short_varied, 10, 600)):
+    for out in (by_mode(tiny, "sorted", short_varied, 10, 5), by_mode(tiny, "budget", short_varied, 10, 600)):
         assert [c.index for c in out] == list(range(len(short_varied)))
         assert [c.token_ids for c in out] == [c.token_ids for c in reference]
 
@@ -80,12 +84,12 @@ def test_sorting_cuts_padding_waste(tiny, short_varied):
         return sum(c.padded_tokens for c in out) / sum(c.prompt_tokens + c.generated_tokens for c in out)
 
     in_order = waste(generate_batched(model, tokenizer, short_varied, 4, 8))
-    assert waste(generate_sorted(model, tokenizer, short_varied, 4, 8)) < in_order / 2
+    assert waste(by_mode(tiny, "sorted", short_varied, 4, 8)) < in_order / 2
 
 
 def test_continuous_batching_matches_naive_on_the_bundled_model(tiny, short_varied, reference):
-    model, tokenizer = tiny
-    out = generate_continuous(model, tokenizer, short_varied, 10, 2048)
+    model, _ = tiny
+    out = by_mode(tiny, "continuous", short_varied, 10, 2048)
     assert [c.index for c in out] == list(range(len(short_varied)))
     same = sum(a.token_ids == b.token_ids for a, b in zip(out, reference))
     assert same == len(short_varied)  # paged kernels could differ in the last bits; here they do not
@@ -112,7 +116,7 @@ def test_mode_names_list_every_mode():
 def test_balanced_mode_splits_by_tokens():
     prompts = ["word " * 100] + ["hi"] * 9
     result = run("balanced", "tiny", prompts, num_processes=2, max_new_tokens=2, verbose=False)
-    assert [p["prompts"] for p in result.per_process] == [1, 9]
+    assert [p.prompts for p in result.per_process] == [1, 9]
     assert [c.prompt for c in result.results] == prompts
 
 

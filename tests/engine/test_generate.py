@@ -2,7 +2,9 @@
 
 import pytest
 
-from mgpu_lab.engine.generate import count_until_eos, generate_batched, generate_naive, padded_batch
+from mgpu_lab.engine.generate import Work, count_until_eos, generate_batched, generate_naive, padded_batch
+from mgpu_lab.engine.modes import MODES
+from mgpu_lab.engine.runner import generate_with_mode
 from mgpu_lab.engine.prompts import default_prompts
 
 PROMPTS = default_prompts(repeat=2)  # 20 prompts of different lengths
@@ -61,7 +63,8 @@ def test_completions_hold_no_padding(tiny, naive):
 
 def test_forced_length_generates_every_token(tiny):
     model, tokenizer = tiny
-    out = generate_batched(model, tokenizer, PROMPTS[:4], 8, force_length=True)
+    out = generate_with_mode(model, tokenizer, Work.of(tokenizer, PROMPTS[:4], 8, force_length=True), MODES["batched"],
+                             16)[0]
     assert all(c.generated_tokens == 8 and c.stop_reason == "length" for c in out)
 
 

@@ -1,5 +1,6 @@
 """The launcher: rank 0's result comes back, no state is left behind, and each mistake gets a clear error."""
 
+import inspect
 import os
 import signal
 import socket
@@ -12,11 +13,12 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+from accelerate import notebook_launcher
 from accelerate.state import PartialState
 
-from mgpu_lab.engine import launch as launch_module
+from mgpu_lab.launcher import launch as launch_module
 from mgpu_lab.course.demos import hello
-from mgpu_lab.engine.launch import LaunchError, LaunchPlan, launch, plan_launch
+from mgpu_lab.launcher.launch import LaunchError, LaunchPlan, launch, plan_launch
 
 pytestmark = pytest.mark.multiprocess
 
@@ -125,12 +127,27 @@ def test_port_in_use_is_refused():
         sock.listen()
         port = sock.getsockname()[1]
         with pytest.raises(LaunchError, match=f"Port {port} is already in use"):
-            launch(hello, num_processes=2, port=port)
+            launch(hello, num_processes=2, use_port=port)
+
+
+def test_launch_takes_notebook_launchers_own_parameters_then_the_kits_keywords():
+    ours, theirs = inspect.signature(launch).parameters, inspect.signature(notebook_launcher).parameters
+    assert list(ours)[:len(theirs)] == list(theirs)
+    assert {name: (p.default, ours[name].default) for name, p in theirs.items()
+            if p.default != ours[name].default} == {"use_port": ("29500", None)}  # None: a free port
+    assert [name for name, p in ours.items() if p.kind is inspect.Parameter.KEYWORD_ONLY] == [
+        "timeout", "cpu", "progress", "verbose"]
+
+
+def test_launch_passes_args_as_notebook_launcher_does_and_takes_use_port_as_a_string():
+    port = launch_module.free_port()
+    assert launch(pow, args=(2, 5), num_processes=1, use_port=str(port), verbose=False) == 32
+    assert launch(divmod, (7, 2), num_processes=1, verbose=False) == (3, 1)
 
 
 def test_plan_describes_the_device_truthfully():
-    assert "CPU process" in LaunchPlan(2, "cpu", 1, 1).describe()
-    assert "one per GPU" in LaunchPlan(2, "cuda", 1, 1).describe()
+    assert "CPU process" in LaunchPlan(2, "cpu", 1).describe()
+    assert "one per GPU" in LaunchPlan(2, "cuda", 1).describe()
 
 
 def test_children_use_one_thread_even_after_the_parent_used_several():
@@ -239,7 +256,7 @@ def interrupt_when_ready(folder: Path, count: int) -> None:
 def test_an_interrupt_stops_every_process_and_the_next_launch_works(tmp_path):
     threading.Thread(target=interrupt_when_ready, args=(tmp_path, 2), daemon=True).start()
     with pytest.raises(KeyboardInterrupt, match="^interrupted: stopped 2 processes$"):
-        launch(sleep_after_saying_ready, str(tmp_path), num_processes=2, verbose=False)
+        launch(sleep_after_saying_ready, (str(tmp_path),), num_processes=2, verbose=False)
     assert not leftover_children()
     assert len(launch(hello, num_processes=2, verbose=False)) == 2
 

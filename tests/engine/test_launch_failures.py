@@ -12,7 +12,7 @@ import traceback
 import pytest
 
 from mgpu_lab.course.demos import hello
-from mgpu_lab.engine.launch import LaunchError, launch
+from mgpu_lab.launcher.launch import LaunchError, launch
 
 from test_launch import interrupt_when_ready, leftover_children, sleep_after_saying_ready
 
@@ -71,7 +71,7 @@ def test_sigint_handler_is_kept_after_an_interrupted_launch(tmp_path):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     threading.Thread(target=interrupt_when_ready, args=(tmp_path, 2), daemon=True).start()
     with pytest.raises(KeyboardInterrupt, match="^interrupted: stopped 2 processes$"):
-        launch(sleep_after_saying_ready, str(tmp_path), num_processes=2, verbose=False)
+        launch(sleep_after_saying_ready, (str(tmp_path),), num_processes=2, verbose=False)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert not leftover_children()
 

@@ -1,11 +1,14 @@
 """The kit's own greedy loops (engine/lean.py): token for token what `generate` gives, one prompt at a time, in fp32."""
 
+from dataclasses import replace
+
 import pytest
 
-from mgpu_lab.engine.batching import sorted_batches
-from mgpu_lab.engine.generate import generate_in_batches, generate_naive, token_ids
+from mgpu_lab.engine.generate import Work, generate_naive
 from mgpu_lab.engine.lean import CompiledStep, lean_decode, static_decode
+from mgpu_lab.engine.modes import MODES
 from mgpu_lab.engine.prompts import default_prompts
+from mgpu_lab.engine.runner import generate_with_mode
 
 PROMPTS = default_prompts(repeat=2)  # 20 prompts of different lengths
 NEW_TOKENS = 24
@@ -18,9 +21,11 @@ def naive(tiny):
 
 
 def decoded(tiny, decoder, size=8, force_length=False, prompts=PROMPTS, new=NEW_TOKENS):
+    """Length-sorted batches of `size` (the sorted mode's), each decoded by `decoder`; in prompt order."""
     model, tokenizer = tiny
-    batches = sorted_batches([len(row) for row in token_ids(tokenizer, prompts)], size)
-    return generate_in_batches(model, tokenizer, prompts, new, batches, force_length=force_length, decoder=decoder)
+    work = Work.of(tokenizer, prompts, new, force_length=force_length)
+    done, _, _ = generate_with_mode(model, tokenizer, work, replace(MODES["sorted"], decoder=decoder), size)
+    return sorted(done, key=lambda c: c.index)
 
 
 def test_naive_stops_some_rows_early_so_rows_leave_the_batch(naive):
@@ -37,7 +42,8 @@ def test_the_own_loops_equal_naive_token_for_token(tiny, naive, decoder):
 @pytest.mark.parametrize("decoder", [lean_decode, static_decode])
 def test_forced_length_never_stops_at_eos(tiny, decoder):
     model, tokenizer = tiny
-    reference = generate_naive(model, tokenizer, PROMPTS[:4], 30, force_length=True)
+    reference, _, _ = generate_with_mode(model, tokenizer, Work.of(tokenizer, PROMPTS[:4], 30, force_length=True),
+                                         MODES["naive"], 1)
     out = decoded(tiny, decoder, force_length=True, prompts=PROMPTS[:4], new=30)
     assert all(c.generated_tokens == 30 for c in out)
     assert [c.token_ids for c in out] == [c.token_ids for c in reference]

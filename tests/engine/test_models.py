@@ -93,7 +93,7 @@ def build_small_here() -> list[str]:
 @pytest.mark.parametrize("num_processes", [2, 3])
 @pytest.mark.parametrize("attempt", range(5))
 def test_processes_building_small_together_get_one_complete_folder(tmp_path, monkeypatch, num_processes, attempt):
-    from mgpu_lab.engine.launch import launch
+    from mgpu_lab.launcher.launch import launch
 
     monkeypatch.setenv("MGPU_LAB_CACHE", str(tmp_path))
     folders = launch(build_small_here, num_processes=num_processes, verbose=False)

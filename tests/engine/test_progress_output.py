@@ -15,10 +15,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mgpu_lab.engine import progress
+from mgpu_lab.launcher import bar as progress
 from mgpu_lab.engine.runner import run
-from mgpu_lab.engine.launch import LaunchError, launch
-from mgpu_lab.engine.progress import Progress, tell
+from mgpu_lab.launcher.launch import LaunchError, launch
+from mgpu_lab.launcher.bar import Progress, tell
 from mgpu_lab.engine.prompts import default_prompts
 
 pytestmark = pytest.mark.multiprocess
@@ -45,7 +45,7 @@ def test_the_bar_counts_every_process_while_they_run(tmp_path, monkeypatch):
             seen.touch()
 
     monkeypatch.setattr(progress.Bar, "refresh", recording)
-    launch(tell_twice, str(seen), num_processes=2, verbose=False, progress=Progress(total=4))
+    launch(tell_twice, (str(seen),), num_processes=2, verbose=False, progress=Progress(total=4))
     assert any(0 < n < 4 for n, _ in shown)  # seen while the processes were still running
     assert shown[-1] == (4, "20 tokens generated")
 

@@ -6,7 +6,7 @@ import pytest
 
 from mgpu_lab.engine import tensor_parallel
 from mgpu_lab.engine.prompts import default_prompts
-from mgpu_lab.engine.runner import check_run, run, split_for_rank
+from mgpu_lab.engine.runner import check_run, run, share_of_replica
 from mgpu_lab.engine.tensor_parallel import Layout, check_tp
 
 PROMPTS = default_prompts(repeat=1)[:5]  # odd: the two replicas of a 2 x TP 2 run get 3 and 2, so they step apart
@@ -15,14 +15,14 @@ PROMPTS = default_prompts(repeat=1)[:5]  # odd: the two replicas of a 2 x TP 2 r
 def test_neighbouring_ranks_form_a_replica_and_only_its_first_rank_reports():
     layouts = [Layout.of(rank, 4, 2) for rank in range(4)]
     assert [(l.replica, l.tp_rank) for l in layouts] == [(0, 0), (0, 1), (1, 0), (1, 1)]
-    assert [l.reports for l in layouts] == [True, False, True, False]
+    assert [l.is_replica_lead for l in layouts] == [True, False, True, False]
     assert {l.replicas for l in layouts} == {2}
 
 
 @pytest.mark.parametrize("count, replicas", [(0, 2), (1, 2), (5, 2), (10, 4), (100, 3), (7, 1)])
 def test_each_replica_gets_a_contiguous_share_and_every_item_once(count, replicas):
     items = list(range(count))
-    shares = [split_for_rank(items, Layout.of(r * 2, replicas * 2, 2)) for r in range(replicas)]
+    shares = [share_of_replica(items, Layout.of(r * 2, replicas * 2, 2)) for r in range(replicas)]
     assert [i for share in shares for i in share] == items
     assert max(map(len, shares)) - min(map(len, shares)) <= 1
 
@@ -47,7 +47,7 @@ def test_a_model_without_a_tp_plan_is_refused(tmp_path):
 def test_continuous_batching_refuses_several_replicas_but_not_one():
     with pytest.raises(ValueError, match="continuous batching cannot run 2 tensor-parallel replicas"):
         check_run("continuous", "tiny", PROMPTS, 4, 2)
-    assert check_run("continuous", "tiny", PROMPTS, 2, 2) == tuple(PROMPTS)
+    assert check_run("continuous", "tiny", PROMPTS, 2, 2)[0].prompts == tuple(PROMPTS)
 
 
 def test_an_older_transformers_is_refused_with_the_release_to_install(monkeypatch):
@@ -73,9 +73,9 @@ def test_tp_and_dp_x_tp_give_one_process_tokens_holding_about_half(one_process, 
     assert [c.token_ids for c in split.results] == [c.token_ids for c in one_process.results]
     assert [c.index for c in split.results] == list(range(len(PROMPTS)))
     assert (split.summary.tp_size, split.summary.replicas) == (tp, replicas)
-    whole = one_process.per_process[0]["parameter_bytes"]
-    assert all(p["parameter_bytes"] <= 0.65 * whole for p in split.per_process)  # tiny's tied embedding stays whole
-    assert [p["replica"] for p in split.per_process] == [rank // tp for rank in range(processes)]
+    whole = one_process.per_process[0].parameter_bytes
+    assert all(p.parameter_bytes <= 0.65 * whole for p in split.per_process)  # tiny's tied embedding stays whole
+    assert [p.replica for p in split.per_process] == [rank // tp for rank in range(processes)]
 
 
 @pytest.mark.multiprocess
@@ -84,4 +84,4 @@ def test_small_split_in_two_holds_at_most_six_tenths_per_process():
     one = run("batched", "small", PROMPTS[:3], num_processes=1, **kwargs)
     split = run("batched", "small", PROMPTS[:3], num_processes=2, tp_size=2, **kwargs)
     assert [c.text for c in split.results] == [c.text for c in one.results]
-    assert all(p["parameter_bytes"] <= 0.6 * one.per_process[0]["parameter_bytes"] for p in split.per_process)
+    assert all(p.parameter_bytes <= 0.6 * one.per_process[0].parameter_bytes for p in split.per_process)

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from mgpu_lab.engine import launch, validate as checks
+from mgpu_lab.engine import validate as checks
+from mgpu_lab.launcher import launch
+from mgpu_lab.launcher.folder import LaunchFolder
 from mgpu_lab.tools.bench import Sweep, run_sweep
 from mgpu_lab.engine.runner import run
 
@@ -156,6 +158,6 @@ def test_folders_of_dead_launches_are_removed(tmp_path, monkeypatch):
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead, alive = tmp_path / f"mgpu_lab-{gone.stdout.strip()}-abc", tmp_path / f"mgpu_lab-{os.getpid()}-abc"
     dead.mkdir(), alive.mkdir()
-    with launch.launch_folder() as folder:
+    with LaunchFolder.create() as folder:
         assert Path(folder).name.startswith(f"mgpu_lab-{os.getpid()}-")
     assert not dead.exists() and alive.exists()

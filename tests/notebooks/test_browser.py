@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from mgpu_lab.engine.launch import free_port
+from mgpu_lab.launcher.launch import free_port
 from mgpu_lab.tools.lessons_runner import lesson_notebooks
 
 pytestmark = pytest.mark.browser

@@ -129,7 +129,7 @@ def test_bench_help_lists_the_modes():
 def test_two_nodes_on_loopback_match_one_process(tiny):
     model, tokenizer = tiny
     expected = [c.token_ids for c in generate_batched(model, tokenizer, list(default_prompts()), 6)]
-    from mgpu_lab.engine.launch import free_port
+    from mgpu_lab.launcher.launch import free_port
 
     port = str(free_port())
     nodes = [subprocess.Popen(["torchrun", "--nnodes", "2", "--node_rank", str(rank), "--nproc_per_node", "1",

@@ -160,7 +160,7 @@ def test_an_empty_mode_name_is_named():
 
 
 def test_torchrun_two_loopback_nodes_split_one_model_with_tp_size(tmp_path):
-    from mgpu_lab.engine.launch import free_port
+    from mgpu_lab.launcher.launch import free_port
     from mgpu_lab.engine.prompts import default_prompts
 
     prompts = tmp_path / "prompts.txt"

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mgpu_lab.tools import doctor
-from mgpu_lab.engine.launch import free_port
+from mgpu_lab.launcher.launch import free_port
 
 
 def versions(monkeypatch, **found):

@@ -9,8 +9,9 @@ import pytest
 
 from mgpu_lab.engine import continuous
 from mgpu_lab.tools import gpu_check
+from mgpu_lab.engine.generate import Work
 from mgpu_lab.engine.results import Completion
-from mgpu_lab.engine.launch import launch
+from mgpu_lab.launcher.launch import launch
 
 
 def test_without_a_gpu_it_says_so_in_one_line_and_exits_0():
@@ -82,7 +83,7 @@ def test_first_difference_and_compare():
 def test_agreement_in_fp32_on_cpu_is_exact():
     prompts = gpu_check.agreement_prompts()
     assert len(prompts) == len(set(prompts)) >= 20  # distinct prompts: repeats would inflate the count
-    found = launch(gpu_check.agreement_on_this_process, prompts[:6], 8, ("float32",), num_processes=1,
+    found = launch(gpu_check.agreement_on_this_process, (prompts[:6], 8, ("float32",)), num_processes=1,
                    verbose=False)
     assert found["device"] == "cpu" and found["picked_dtype"] == "float32"
     assert found["float32"] == {"prompts": 6, "identical": 6, "diverge_at": []}
@@ -108,7 +109,8 @@ def test_continuous_config_names_the_page_size_as_the_installed_transformers_doe
             self.block_size, self.num_blocks, self.max_batch_tokens = block_size, num_blocks, max_batch_tokens
 
     monkeypatch.setattr(continuous, "ContinuousBatchingConfig", OlderConfig)
-    config = continuous.cache_config([[1] * 10, [1] * 300], max_new_tokens=20, token_budget=64)
+    work = Work([(0, "short"), (1, "long")], [[1] * 10, [1] * 300], max_new_tokens=20)
+    config = continuous.cache_config(work, token_budget=64)
     assert (config.block_size, config.num_blocks, config.max_batch_tokens) == (256, 4, 300)
 
 
@@ -120,7 +122,7 @@ def test_decode_step_is_timed_per_step_on_cpu(tiny):
 
 
 def test_decode_probe_reports_every_batch_and_way():
-    found = launch(gpu_check.decode_probe_on_this_process, "tiny", (2,), 4, ("eager",), num_processes=1,
+    found = launch(gpu_check.decode_probe_on_this_process, ("tiny", (2,), 4, ("eager",)), num_processes=1,
                    verbose=False)
     assert found["model"] == "tiny" and found["dtype"] == "float32"
     assert found["eager batch 2"]["tokens_per_s"] > 0 and found["eager batch 2"]["roofline_fraction"] is None
@@ -136,7 +138,7 @@ def test_a_request_the_scheduler_failed_is_an_error_not_a_result(tiny, monkeypat
     monkeypatch.setattr(continuous_api.ContinuousBatchProcessor, "_generation_step", broken_step)
     model, tokenizer = tiny
     with pytest.raises(RuntimeError, match="scheduler failed a request: .*a step that fails"):
-        continuous.generate_continuous(model, tokenizer, ["Hello there", "Another prompt"], 4, 256)
+        continuous.continuous_items(model, tokenizer, Work.of(tokenizer, ["Hello there", "Another prompt"], 4), 256)
 
 
 def test_decode_paths_are_ratios_to_eager_at_the_same_batch_and_to_vllm():

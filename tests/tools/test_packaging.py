@@ -1,20 +1,22 @@
 """A real package: a built wheel and an editable install both work from a folder outside the checkout.
 
-Each install goes into a fresh venv under a temp folder that sees the system's packages (torch, transformers, ...)
-but not this checkout, so nothing is downloaded and only the kit's own files come from the install.
+Each install goes into a fresh venv under a temp folder that sees the packages of the Python running the tests (torch,
+transformers, setuptools, ...: a venv's or the system's, whichever runs pytest) but not this checkout, so nothing is
+downloaded and only the kit's own files come from the install.
 """
 
 import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SKIP = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "results", "__pycache__", ".ipynb_checkpoints")
+SKIP = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "results", "__pycache__", ".ipynb_checkpoints")
 
 
 def run(*command, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -26,9 +28,18 @@ def run(*command, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
 
 
 def venv(folder: Path) -> Path:
-    """A fresh venv that sees the system's site-packages (pip and setuptools too: it gets none of its own)."""
-    run(sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", folder, cwd=folder.parent)
-    return folder / "bin" / "python"
+    """A fresh venv that sees the running Python's packages (pip and setuptools too: it gets none of its own).
+
+    `venv --system-site-packages` would not do: made from inside a venv, it sees the *base* interpreter's packages.
+    A .pth file lists the running environment's folders instead (as plain paths: its own .pth files, such as the
+    editable install of this checkout, are not run).
+    """
+    run(sys.executable, "-m", "venv", "--without-pip", folder, cwd=folder.parent)
+    python = folder / "bin" / "python"
+    own = run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", cwd=folder).stdout.strip()
+    running = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))
+    (Path(own) / "running-environment.pth").write_text("".join(f"{path}\n" for path in running))
+    return python
 
 
 def pip_install(python: Path, *arguments) -> None:

@@ -5,16 +5,16 @@ vllm_worker.py's protocol) stands in for a venv with vLLM, and this Python (whic
 venv without it.
 """
 
-import json
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-from mgpu_lab.engine.models import load_tokenizer, model_config, model_folder
+from mgpu_lab.engine.models import load_tokenizer, locate_model, model_folder
+from mgpu_lab.engine.runner import RunConfig
 from mgpu_lab.tools.bench import load_records
-from mgpu_lab.tools.peer import (PeerError, against_peer, agreement, check_peer, format_agreement, peer_record,
+from mgpu_lab.tools.peer import (Peer, PeerError, against_peer, agreement, check_peer, format_agreement, peer_record,
                                  peer_request, run_peer, stop_ids)
 
 EOS = 2
@@ -44,7 +44,8 @@ json.dump({"engine": "vllm", "vllm_version": "0.0-stub", "load_s": 1.0, "wall_s_
 
 
 def request_for(prompt_ids, new=3, cores=2, device="cpu"):
-    return peer_request(model_folder("tiny"), model_config("tiny"), prompt_ids, new, {EOS}, cores, 3, device)
+    config = RunConfig(locate_model("tiny"), ("unused: the request takes the given ids",), max_new_tokens=new)
+    return peer_request(Peer("python", cores, 3), config, prompt_ids, {EOS}, device)
 
 
 def test_the_request_carries_the_kits_token_ids_stops_and_cores():
@@ -76,6 +77,7 @@ def test_every_kit_record_gets_its_ratio_to_the_peer_on_the_same_cores_and_new_t
                {"engine": "mgpu_lab", "num_processes": 2, "max_new_tokens": 10, "tokens_per_s": 250.0},
                {"engine": "mgpu_lab", "num_processes": 1, "max_new_tokens": 10, "tokens_per_s": 100.0}]
     assert [r["x_vllm"] for r in against_peer(records)] == [None, 1.25, None]
+    assert against_peer(records[1:]) == records[1:]  # no peer ran: no column of Nones
 
 
 def test_agreement_names_the_first_differing_prompt_and_position():

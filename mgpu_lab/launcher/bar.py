@@ -6,9 +6,10 @@ import io
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 from tqdm import tqdm
+
+from .folder import LaunchFolder
 
 CHANNEL = "MGPU_LAB_PROGRESS"  # the folder each launched process writes its counts to
 _finished: dict[str, list[int]] = {}
@@ -37,10 +38,7 @@ def tell(prompts: int, tokens: int) -> None:
     counts = _finished.setdefault(folder, [0, 0])
     counts[0] += prompts
     counts[1] += tokens
-    path = Path(folder) / f"rank{os.environ.get('RANK', '0')}"
-    staged = path.with_suffix(".tmp")
-    staged.write_text(f"{counts[0]} {counts[1]}")
-    os.replace(staged, path)  # the parent never reads a half-written file
+    LaunchFolder(folder).count(int(os.environ.get("RANK", "0")), *counts)  # the parent never reads half a file
 
 
 class Bar:
@@ -50,7 +48,7 @@ class Bar:
     saved notebook then holds the same (empty) output on every run, and the summary printed after it says the rest.
     """
 
-    def __init__(self, folder: Path, progress: Progress):
+    def __init__(self, folder: LaunchFolder, progress: Progress):
         self.folder, self.done = folder, progress.done
         self.cell = _notebook_display()
         self.bar = tqdm(total=progress.total, initial=progress.done, desc="prompts", unit="prompt", leave=False,
@@ -58,7 +56,7 @@ class Bar:
 
     def refresh(self) -> None:
         """Sum the counts every process wrote so far and redraw."""
-        counts = [tuple(map(int, path.read_text().split())) for path in self.folder.glob("rank*[0-9]")]
+        counts = self.folder.counts()
         self.bar.n = self.done + sum(prompts for prompts, _ in counts)
         self.bar.set_postfix_str(f"{sum(tokens for _, tokens in counts)} tokens generated", refresh=False)
         self.bar.refresh()

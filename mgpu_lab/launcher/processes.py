@@ -24,8 +24,8 @@ import torch
 from accelerate import notebook_launcher
 from accelerate.utils import PrepareForLaunch, patch_environment
 
-from .child import run_child
-from .progress import Bar
+from .bar import Bar
+from .child import ChildArgs, run_child
 
 POLL_S = 0.05  # how often the parent looks for its new processes (before torch elastic reaps an early exit)
 BAR_S = 0.5  # how often it redraws the bar
@@ -59,15 +59,18 @@ class Starter(threading.Thread):
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.ident), ctypes.py_object(Abandoned))
 
 
-def through_notebook_launcher(num_processes: int, port: int, child_args: tuple) -> Callable[[], None]:
-    """The launch of two or more processes: accelerate's notebook_launcher, with the kit's child as the function."""
-    return lambda: notebook_launcher(run_child, args=child_args, num_processes=num_processes, use_port=str(port))
+def through_notebook_launcher(child: ChildArgs, options: dict) -> Callable[[], None]:
+    """The launch of two or more processes: accelerate's notebook_launcher, with the kit's child as the function.
+
+    `options`: notebook_launcher's own keywords (num_processes, use_port, ...), as launch() was given them.
+    """
+    return lambda: notebook_launcher(run_child, args=(child,), **options)
 
 
-def forked_alone(child_args: tuple) -> Callable[[], None]:
+def forked_alone(child: ChildArgs) -> Callable[[], None]:
     """A one-process launch, forked through the same accelerate piece (notebook_launcher would run it right here)."""
     launcher = PrepareForLaunch(run_child, distributed_type="NO")
-    return lambda: torch.multiprocessing.start_processes(launcher, args=child_args, nprocs=1, start_method="fork")
+    return lambda: torch.multiprocessing.start_processes(launcher, args=(child,), nprocs=1, start_method="fork")
 
 
 def start_and_watch(start: Callable[[], None], env: dict, count: int, bar: Bar | None) -> tuple[dict, Starter]:
@@ -141,7 +144,7 @@ def _signal(pid: int, number: int) -> None:
 
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-    """Keep torch elastic's log lines and notebook_launcher's "Launching training on N CUDAs" line out of sight.
+    """Keep torch elastic's log lines and notebook_launcher's "Launching training on N CUDAs/CPUs" line out of sight.
 
     The kit prints its own truthful line, and names any failure itself; the children write to the streams they
     were given, not to sys.stdout, so nothing of theirs is lost.

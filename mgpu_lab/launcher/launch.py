@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import os
-import pickle
-import shutil
 import socket
 import sys
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -18,14 +14,14 @@ from accelerate.utils import patch_environment
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.multiprocessing.spawn import ProcessException
 
-from .child import MAIN_OUTPUT, RESULT_FILE, error_line, join_group, leave_group
+from .bar import CHANNEL, Bar, Progress
+from .checks import launch_timeout
+from .checks import port as port_number
+from .child import THREADS, ChildArgs, error_line, join_group, leave_group
 from .failures import CUDA_IN_PARENT, Ended, LaunchError, failure
+from .folder import LaunchFolder
 from .processes import Abandoned, forked_alone, start_and_watch, through_notebook_launcher
-from .progress import CHANNEL, Bar, Progress
-from .validate import launch_timeout
-from .validate import port as port_number
 
-TEMP_PREFIX = "mgpu_lab-"  # then the launching process's PID: a folder whose process is gone is removed
 # How long a process waits for its peers (to join, or in a collective) before the launch fails; torch's is 30 min.
 DEFAULT_TIMEOUT_S = 300
 ELASTIC_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT"  # torch elastic sets this variable; the launch unsets it
@@ -33,21 +29,17 @@ ELASTIC_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT"  # torch elastic sets this var
 
 @dataclass(frozen=True)
 class LaunchPlan:
-    """What a launch will run: how many processes, on which device, with how many threads each."""
+    """What a launch will run: how many processes, on which device, which port rank 0 listens on."""
 
     num_processes: int
     device: str
-    threads_per_process: int
     port: int
 
     def describe(self) -> str:
         """One truthful line about the launch, for the learner."""
         if self.device == "cuda":
             return f"Launching {self.num_processes} process(es), one per GPU (NCCL backend)."
-        return (
-            f"Launching {self.num_processes} CPU process(es) (gloo backend, "
-            f"{self.threads_per_process} thread(s) each)."
-        )
+        return f"Launching {self.num_processes} CPU process(es) (gloo backend, {THREADS} thread(s) each)."
 
 
 def count_gpus() -> int:
@@ -78,6 +70,11 @@ def already_launched() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
 
 
+def is_main_rank() -> bool:
+    """True in the process that launches (or runs alone), and on rank 0 under torchrun; False on its other ranks."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def check_parent_is_clean() -> None:
     """Refuse to fork when this process already holds CUDA or accelerate state the children would inherit."""
     if torch.cuda.is_initialized():
@@ -95,8 +92,8 @@ def default_processes(cpu: bool = False) -> int:
     return (0 if cpu else count_gpus()) or 2
 
 
-def plan_launch(num_processes: int | None = None, port: int | None = None, cpu: bool = False) -> LaunchPlan:
-    """Choose device, process count, threads and port for a launch, checking each choice.
+def plan_launch(num_processes: int | None = None, port: int | str | None = None, cpu: bool = False) -> LaunchPlan:
+    """Choose device, process count and port for a launch, checking each choice.
 
     `cpu=True` runs CPU processes (gloo) even where GPUs exist: for cells about processes rather than GPUs,
     which then show the same thing on every machine.
@@ -114,94 +111,77 @@ def plan_launch(num_processes: int | None = None, port: int | None = None, cpu: 
             "or cpu=True for CPU processes."
         )
     if port is None:
-        port = free_port()
-    elif not port_is_free(port_number("port", port)):
+        return LaunchPlan(num_processes, device, free_port())
+    port = port_number("use_port", int(port) if isinstance(port, str) and port.isdigit() else port)  # "29500" too
+    if not port_is_free(port):
         raise LaunchError(
             f"Port {port} is already in use (another launch or notebook?). "
-            "Fix: pass another port, or leave port=None to pick a free one."
+            "Fix: pass another use_port, or leave use_port=None to pick a free one."
         )
-    # One thread per process: a CPU process stands in for one GPU, and a forked child that starts an
-    # OpenMP team after its parent already ran one (say, a generate() in the kernel) hangs for ever.
-    return LaunchPlan(num_processes, device, 1, port)
+    return LaunchPlan(num_processes, device, port)
 
 
-def launch(fn: Callable[..., Any], *args: Any, num_processes: int | None = None, port: int | None = None,
-           verbose: bool = True, progress: Progress | None = None, timeout: float = DEFAULT_TIMEOUT_S,
-           cpu: bool = False) -> Any:
-    """Run `fn(*args)` on every process through accelerate's notebook_launcher; return rank 0's result.
+def launch(function: Callable[..., Any], args: tuple = (), num_processes: int | None = None,
+           mixed_precision: str = "no", use_port: str | int | None = None, master_addr: str = "127.0.0.1",
+           node_rank: int = 0, num_nodes: int = 1, rdzv_backend: str = "static", rdzv_endpoint: str = "",
+           rdzv_conf: dict | None = None, rdzv_id: str = "none", max_restarts: int = 0, monitor_interval: float = 0.1,
+           log_line_prefix_template: str | None = None, *, timeout: float = DEFAULT_TIMEOUT_S, cpu: bool = False,
+           progress: Progress | None = None, verbose: bool = True) -> Any:
+    """Run `function(*args)` on every process through accelerate's notebook_launcher; return rank 0's result.
 
-    `progress` draws one bar over every process (they report through progress.tell); `timeout` is how many
-    seconds a process waits for a peer that does not arrive (to join, or in a collective) before the launch fails;
-    `cpu=True` uses CPU processes even on a GPU machine.
+    The same call as `notebook_launcher`, with the same parameters (`use_port=None`, the default here, picks a free
+    port), plus the kit's keywords: `timeout` is how many seconds a process waits for a peer that does not arrive
+    (to join, or in a collective) before the launch fails; `cpu=True` uses CPU processes even on a GPU machine;
+    `progress` draws one bar over every process (they report through bar.tell); `verbose` prints one line
+    about the launch.
     """
-    if not callable(fn):
-        raise TypeError(f"launch() needs a function to run, got the {type(fn).__name__} {fn!r:.40}.")
+    if not callable(function):
+        raise TypeError(f"launch() needs a function to run, got the {type(function).__name__} {function!r:.40}.")
+    args = tuple(args)
     launch_timeout(timeout)
     if already_launched():
-        return _run_in_this_process(fn, args, timeout)
+        return _run_in_this_process(function, args, timeout)
     check_parent_is_clean()
-    plan = plan_launch(num_processes, port, cpu)
+    plan = plan_launch(num_processes, use_port, cpu)
     if verbose:
         print(plan.describe(), flush=True)  # flushed before the fork, so no child inherits it unprinted
-    with launch_folder() as tmp:
-        folder = Path(tmp)
+    options = dict(num_processes=plan.num_processes, mixed_precision=mixed_precision, use_port=str(plan.port),
+                   master_addr=master_addr, node_rank=node_rank, num_nodes=num_nodes, rdzv_backend=rdzv_backend,
+                   rdzv_endpoint=rdzv_endpoint, rdzv_conf=rdzv_conf, rdzv_id=rdzv_id, max_restarts=max_restarts,
+                   monitor_interval=monitor_interval, log_line_prefix_template=log_line_prefix_template)
+    with LaunchFolder.create() as tmp:
+        folder = LaunchFolder(tmp)
+        child = ChildArgs(function, args, folder, timeout, sys.stdout, sys.stderr)
         bar = Bar(folder, progress) if progress else None
         try:
-            _start_and_watch(plan, (fn, args, folder, plan.threads_per_process, timeout, sys.stdout, sys.stderr),
-                             {CHANNEL: tmp} if bar else {}, bar, timeout)
+            _start_and_watch(plan, child, options, bar)
         finally:
             if bar:
                 bar.close()
-            _replay_main_output(folder)
-        return _read_result(folder)
+            sys.stdout.write(folder.output())  # rank 0's prints, here, after it finished: always in the same order
+            sys.stdout.flush()
+        found, result = folder.result()
+        if not found:
+            raise LaunchError("The processes finished but rank 0 left no result.")
+        return result
 
 
-def launch_folder() -> tempfile.TemporaryDirectory:
-    """A temp folder named after this process; first remove those left by launches whose process is gone."""
-    for old in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*-*"):
-        pid = old.name.removeprefix(TEMP_PREFIX).partition("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(old, ignore_errors=True)
-    return tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{os.getpid()}-")
-
-
-def _alive(pid: int) -> bool:
-    """True while process `pid` exists (it may belong to another user)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
-def _replay_main_output(tmp: Path) -> None:
-    """Print what rank 0 printed, here, after it finished: its lines then always come in the same order."""
-    captured = tmp / MAIN_OUTPUT
-    if captured.exists():
-        sys.stdout.write(captured.read_text())
-        sys.stdout.flush()
-
-
-
-
-def _start_and_watch(plan: LaunchPlan, child_args: tuple, extra_env: dict, bar: Bar | None, timeout: float) -> None:
+def _start_and_watch(plan: LaunchPlan, child: ChildArgs, options: dict, bar: Bar | None) -> None:
     """Start every process (notebook_launcher for two or more), wait for them, and name the one that failed."""
-    n = plan.num_processes
-    env = dict(ACCELERATE_USE_CPU="yes" if plan.device == "cpu" else "no", OMP_NUM_THREADS=plan.threads_per_process,
-               TOKENIZERS_PARALLELISM="false", TORCHELASTIC_SIGNALS_TO_HANDLE=ELASTIC_SIGNALS,
-               PYTORCH_NVML_BASED_CUDA_CHECK="1", **extra_env)  # notebook_launcher's GPU count must not start CUDA
-    start = forked_alone(child_args) if n == 1 else through_notebook_launcher(n, plan.port, child_args)
+    n, folder = plan.num_processes, child.folder
+    env = dict(ACCELERATE_USE_CPU="yes" if plan.device == "cpu" else "no", OMP_NUM_THREADS=THREADS,
+               ACCELERATE_MIXED_PRECISION=options["mixed_precision"], TOKENIZERS_PARALLELISM="false",
+               TORCHELASTIC_SIGNALS_TO_HANDLE=ELASTIC_SIGNALS, PYTORCH_NVML_BASED_CUDA_CHECK="1",
+               **{CHANNEL: str(folder.path)} if bar else {})  # notebook_launcher's GPU count must not start CUDA
+    start = forked_alone(child) if n == 1 else through_notebook_launcher(child, options)
     processes, starter = start_and_watch(start, env, n, bar)
-    folder = child_args[2]
-    pids = {int(path.stem.removeprefix("pid-rank")): int(path.read_text()) for path in folder.glob("pid-rank*")}
-    if starter.error is None and all((folder / f"finished-rank{rank}").exists() for rank in range(n)):
+    pids = folder.pids()
+    if starter.error is None and all(folder.finished(rank) for rank in range(n)):
         return
     if not pids and not isinstance(starter.error, Abandoned):
         raise LaunchError(f"The launch failed before any process started: {error_line(starter.error)}")
     statuses = {rank: processes[pid].exitcode if pid in processes else None for rank, pid in pids.items()}
-    raise failure(_ended(statuses, starter.error), folder, timeout)
+    raise failure(_ended(statuses, starter.error), folder, child.timeout)
 
 
 def _ended(statuses: dict, error: BaseException | None) -> Ended:
@@ -218,7 +198,7 @@ def _run_in_this_process(fn: Callable[..., Any], args: tuple, timeout: float) ->
     """Under torchrun each rank is already a process: run here, on CPU when there is no GPU."""
     if not count_gpus():
         os.environ.setdefault("ACCELERATE_USE_CPU", "yes")
-        os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per CPU process, as launch() gives its children
+        os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))  # as launch() gives its children
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     _join_started_ranks(timeout)
     result = fn(*args)
@@ -240,11 +220,3 @@ def _join_started_ranks(timeout: float) -> None:
             f"{timeout:g} s timeout. Fix: start every rank with the same MASTER_ADDR, MASTER_PORT and "
             f"WORLD_SIZE={world} (or use torchrun), or raise the timeout (--timeout, timeout=)."
         ) from None
-
-
-def _read_result(tmp: Path) -> Any:
-    """Rank 0's return value, as pickled by the child."""
-    path = tmp / RESULT_FILE
-    if not path.exists():
-        raise LaunchError("The processes finished but rank 0 left no result.")
-    return pickle.loads(path.read_bytes())

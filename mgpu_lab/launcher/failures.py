@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import re
 import signal
 from dataclasses import dataclass
-from pathlib import Path
+
+from .folder import LaunchFolder
 
 CUDA_IN_PARENT = ("This kernel touched the GPU before the launch, so processes forked from it cannot use it. "
                   "Fix: restart the kernel, import mgpu_lab first, and launch before anything touches the GPU "
@@ -31,10 +31,10 @@ class Ended:
     first: int | None = None
 
 
-def failure(ended: Ended, folder: Path, timeout: float) -> LaunchError:
+def failure(ended: Ended, folder: LaunchFolder, timeout: float) -> LaunchError:
     """Why the launch failed: a process killed by a signal, one that left early, else the first error reported."""
-    reports = _reports(folder)
-    finished = {rank for rank in ended.statuses if (folder / f"finished-rank{rank}").exists()}
+    reports = folder.reports()
+    finished = {rank for rank in ended.statuses if folder.finished(rank)}
     for rank, status in sorted(ended.statuses.items()):
         if status is not None and status < 0 and (status != -signal.SIGTERM or rank == ended.first):
             return LaunchError(_killed(rank, signal.Signals(-status).name))
@@ -60,15 +60,6 @@ def failure(ended: Ended, folder: Path, timeout: float) -> LaunchError:
     step = reports[first]["step"]
     rank = min(r for r, report in reports.items() if (report["error"], report["step"]) == (message, step))
     return LaunchError(_raised(rank, message, step), f"(traceback in that process)\n{details}")
-
-
-def _reports(folder: Path) -> dict[int, dict]:
-    """Each failed process's own report (error, step, traceback), with when it was written."""
-    reports = {}
-    for path in folder.glob("error-rank*.json"):
-        reports[int(path.stem.removeprefix("error-rank"))] = {**json.loads(path.read_text()),
-                                                              "when": path.stat().st_mtime_ns}
-    return reports
 
 
 def _raised(rank: int, message: str, step: str) -> str:

@@ -6,25 +6,38 @@ import ctypes
 import datetime
 import gc
 import io
-import json
 import os
-import pickle
 import signal
 import sys
 import traceback
-from pathlib import Path
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, TextIO
 
 import torch
 from accelerate.state import PartialState
 from accelerate.utils import parse_flag_from_env
 
-RESULT_FILE = "result.pkl"
-MAIN_OUTPUT = "stdout-rank0.txt"
+from .folder import LaunchFolder
+
+# One thread per process: a CPU process stands in for one GPU, and a forked child that starts an
+# OpenMP team after its parent already ran one (say, a generate() in the kernel) hangs for ever.
+THREADS = 1
 
 
-def run_child(fn: Callable[..., Any], args: tuple, folder: Path, threads: int, timeout: float, stdout, stderr) -> None:
-    """Runs in each forked process: call fn, save rank 0's result and output, record any failure for the parent.
+@dataclass(frozen=True)
+class ChildArgs:
+    """What each launched process is handed: the function and its arguments, and how to talk back to the parent."""
+
+    function: Callable[..., Any]
+    args: tuple
+    folder: LaunchFolder
+    timeout: float  # seconds to wait for a peer (to join, or in a collective)
+    stdout: TextIO  # the parent's streams, as they were when it launched
+    stderr: TextIO
+
+
+def run_child(child: ChildArgs) -> None:
+    """Runs in each forked process: call the function, save rank 0's result and output, record any failure.
 
     Rank 0's prints are captured and printed by the parent when the launch ends: streamed from a forked process
     into a Jupyter kernel, they could arrive after the kernel's own next line. Whatever fails here (the function,
@@ -37,34 +50,34 @@ def run_child(fn: Callable[..., Any], args: tuple, folder: Path, threads: int, t
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches every process; the parent stops them all
     _die_with_parent()
     _no_library_bars()
-    rank = int(os.environ.get("RANK", "0"))
-    _write(folder / f"pid-rank{rank}", str(os.getpid()))
-    sys.stdout, sys.stderr = io.StringIO() if rank == 0 else stdout, stderr
-    torch.set_num_threads(threads)
+    rank, folder = int(os.environ.get("RANK", "0")), child.folder
+    folder.started(rank)
+    sys.stdout, sys.stderr = io.StringIO() if rank == 0 else child.stdout, child.stderr
+    torch.set_num_threads(THREADS)
     step = "joining the process group"
     try:
-        join_group(timeout)
+        join_group(child.timeout)
         step = ""
-        result = fn(*args)
+        result = child.function(*child.args)
         step = "sending its result back"
         if rank == 0:
-            (folder / RESULT_FILE).write_bytes(pickle.dumps(result))
+            folder.save_result(result)
         step = "leaving the process group"
         leave_group()
     except BaseException as error:  # noqa: B036 - every way out of the function is reported, then exit code 1
-        _report(folder, rank, error, step)
+        folder.report(rank, {"error": error_line(error), "step": step, "traceback": traceback.format_exc()})
         raise SystemExit(1) from None
     finally:
         if rank == 0:
-            (folder / MAIN_OUTPUT).write_text(sys.stdout.getvalue())
+            folder.save_output(sys.stdout.getvalue())
         sys.stderr.flush()
-    (folder / f"finished-rank{rank}").touch()
+    folder.finish(rank)
 
 
 def join_group(timeout: float) -> None:
     """Make the process group now, with our timeout, so a peer that never arrives ends the run in bounded time."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # The Accelerator that fn makes reuses this state (and its process group).
+        # The Accelerator that the function makes reuses this state (and its process group).
         PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), timeout=datetime.timedelta(seconds=timeout))
 
 
@@ -79,19 +92,6 @@ def error_line(error: BaseException) -> str:
     """`Name: message`, or just the name when the message is empty (a bare KeyboardInterrupt)."""
     text = str(error)
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
-def _report(folder: Path, rank: int, error: BaseException, step: str) -> None:
-    """Write what went wrong in this process, and where, for the parent to name it."""
-    report = {"error": error_line(error), "step": step, "traceback": traceback.format_exc()}
-    _write(folder / f"error-rank{rank}.json", json.dumps(report))
-
-
-def _write(path: Path, text: str) -> None:
-    """Write a file whole or not at all: a process stopped while writing leaves no half-written report."""
-    staged = path.with_name(f".{path.name}.tmp")
-    staged.write_text(text)
-    os.replace(staged, path)
 
 
 def _die_with_parent() -> None:
