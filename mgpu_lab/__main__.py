@@ -2,11 +2,15 @@
 
 import sys
 
-if sys.argv[1:2] == ["doctor"]:  # before the CLI's imports, which need torch
-    from .tools import doctor
+try:  # Ctrl-C while torch and the rest are imported (seconds): one line and 130, as at any later moment
+    if sys.argv[1:2] == ["doctor"]:  # before the CLI's imports, which need torch
+        from .tools import doctor
 
-    sys.exit(doctor.main(sys.argv[2:]))
+        sys.exit(doctor.main(sys.argv[2:]))
 
-from .tools.cli import main
+    from .tools.cli import main
+except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
 
 sys.exit(main())

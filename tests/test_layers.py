@@ -56,6 +56,7 @@ def test_assets_hold_data_not_scripts_or_records():
     assert not (ROOT / "assets" / "gpu").exists() and not (ROOT / "assets" / "cpu").exists()
 
 
+@pytest.mark.multiprocess
 def test_the_public_face_imports_lazily_without_torch_first():
     code = ("import sys, mgpu_lab; assert 'mgpu_lab.engine.runner' not in sys.modules; "
             "from mgpu_lab import run, launch, load_model, load_prompts, default_prompts; "

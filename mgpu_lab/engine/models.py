@@ -24,7 +24,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 
 from ..files import lock
 from ..paths import CONFIGS, TINY, cache_dir
-from .validate import out_folder
+from .validate import out_folder, preset_cache
 
 SHAPE_PREFIX = "shape:"
 SEED = 0
@@ -94,7 +94,9 @@ def model_identity(model: ResolvedModel) -> str:
         return f"tiny-{_sha256(TINY / 'model.safetensors')[:12]}"
     if model.folder is None:
         return f"{model.name}-{_sha256(CONFIGS / (model.name.removeprefix(SHAPE_PREFIX) + '.json'))[:12]}"
-    return str(model.folder.resolve())
+    folder = model.folder.resolve()
+    preset = {TINY.resolve(): "tiny", small_folder().resolve(): "small"}.get(folder)  # a preset given by its folder
+    return model_identity(ResolvedModel(preset, folder)) if preset else str(folder)
 
 
 def is_synthetic(name: str) -> bool:
@@ -120,7 +122,7 @@ def check_model(name: str) -> None:
     if is_synthetic(name):
         _shape_config(name)
     elif name == "small":
-        out_folder(cache_dir(), "the preset cache (MGPU_LAB_CACHE)")
+        preset_cache()
     elif name != "tiny":
         check_checkpoint(Path(_checkpoint(name)))
 

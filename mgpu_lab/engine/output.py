@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterator
@@ -94,12 +95,12 @@ def read_output(path: Path, prompts: list[str], settings: dict, resume: bool) ->
     data = path.read_bytes() if path.exists() else b""
     if not data:
         return OutputFile(str(path), settings, None, 0, False, 0), {}
+    if not data.startswith(HEADER_START):  # said first: --resume would not help
+        raise OutputFileError(f"{path} is not an output file of this kit (it does not start with its header), so "
+                              "the run leaves it untouched. Fix: pass a new --output file.")
     if not resume:
         raise OutputFileError(f"Output file {path} already holds completions. Fix: pass --resume (resume=True) to "
                               "generate only the prompts it lacks, or choose another file.")
-    if not data.startswith(HEADER_START):
-        raise OutputFileError(f"{path} is not an output file of this kit (it does not start with its header), so "
-                              "--resume leaves it untouched. Fix: pass a new --output file.")
     *lines, tail = data.split(b"\n")  # tail: what follows the last newline (b"" when the file ends in one)
     partial = bool(tail) and not _is_json(tail)  # a run stopped in the middle of a line; a whole record is kept
     lines += [tail] if tail and not partial else []
@@ -107,7 +108,7 @@ def read_output(path: Path, prompts: list[str], settings: dict, resume: bool) ->
         return OutputFile(str(path), settings, None, 0, False, 1), {}
     recorded = _header(path, lines[0])
     check_settings(path, recorded, settings)
-    found = _completions(path, lines[1:], prompts)
+    found = _completions(path, lines[1:], prompts, recorded)
     keep = len(data) - len(tail) if partial else len(data)
     return OutputFile(str(path), settings, recorded, keep, bool(tail) and not partial, int(partial)), found
 
@@ -143,19 +144,28 @@ def _header(path: Path, line: bytes) -> dict:
 
 def check_settings(path: str | Path, recorded: dict, settings: dict) -> None:
     """Refuse a resume whose settings (those not None) differ from the ones that made the file, naming them."""
-    differ = [f"{key} {recorded.get(key)!r} (this run: {value!r})" for key, value in settings.items()
-              if value is not None and recorded.get(key) != value]
+    differ = [f"{key} {recorded.get(key)!r}{_as_option(key, recorded.get(key))} (this run: {value!r})"
+              for key, value in settings.items() if value is not None and recorded.get(key) != value]
     if differ:
         raise OutputFileError(f"{path} was made with {'; '.join(differ)}, and a resume reuses only completions "
                               "these settings make. Fix: resume with the file's settings, or pass a new --output file.")
 
 
-def _completions(path: Path, lines: list[bytes], prompts: list[str]) -> dict[int, Completion]:
-    """Every completion line checked (fields, types, index, prompt, no repeat), by index."""
+def _as_option(key: str, value: object) -> str:
+    """For a preset's recorded identity (tiny-<digest>), the --model value that names it; else nothing."""
+    if key != "model" or not isinstance(value, str):
+        return ""
+    preset = re.fullmatch(r"(tiny|small|shape:.+)-[0-9a-f]{12}", value)
+    return f", that is --model {preset[1]}" if preset else ""
+
+
+def _completions(path: Path, lines: list[bytes], prompts: list[str], recorded: dict) -> dict[int, Completion]:
+    """Every completion line checked (fields, types, index, prompt, no repeat, its header's length), by index."""
     found: dict[int, Completion] = {}
     for number, line in enumerate(lines, 2):
         completion = _completion(path, number, _record(path, number, line))
         index, where = completion.index, f"{path}, line {number}"
+        _check_length(where, completion, recorded.get("max_new_tokens"))
         if index >= len(prompts) or prompts[index] != completion.prompt:
             raise OutputFileError(f"{where} holds prompt {index} of another prompt list ({completion.prompt!r:.40}). "
                                   "Fix: resume with the same prompts, or pass a new --output file.")
@@ -163,6 +173,17 @@ def _completions(path: Path, lines: list[bytes], prompts: list[str]) -> dict[int
             raise OutputFileError(f"{where} repeats the completion of prompt {index}. {DAMAGED}")
         found[index] = completion
     return found
+
+
+def _check_length(where: str, completion: Completion, max_new_tokens: object) -> None:
+    """Refuse a completion its header's max_new_tokens cannot have made (a header edited by hand, lines pasted in)."""
+    length = completion.generated_tokens
+    cut = completion.stop_reason == "length"
+    if (completion.stop_reason not in ("eos", "length") or length != len(completion.token_ids)
+            or not isinstance(max_new_tokens, int) or length > max_new_tokens or cut and length != max_new_tokens):
+        raise OutputFileError(f"{where} holds {length} generated token(s) stopped by {completion.stop_reason!r}, "
+                              f"which the header's max_new_tokens {max_new_tokens!r} does not make (was the header "
+                              "edited?). Fix: pass a new --output file.")
 
 
 def _completion(path: Path, number: int, record: dict) -> Completion:

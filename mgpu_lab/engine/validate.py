@@ -7,10 +7,10 @@ import os
 import tempfile
 from pathlib import Path
 
-# the number checks live with the launcher, which needs them too; the rest of the kit finds them here
-from ..launcher.checks import MIN_TIMEOUT_S, launch_timeout, port, positive_number, whole_number  # noqa: F401
+from ..paths import cache_dir
+from ..launcher.checks import (MIN_TIMEOUT_S, TORCHRUN_VARIABLES, launch_timeout, port, positive_number,  # noqa: F401
+                               torchrun_env, whole_number)
 
-TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
 def prompt_list(prompts: object) -> tuple[str, ...]:
@@ -42,6 +42,15 @@ def out_folder(path: str | Path, name: str = "--out") -> Path:
     return path
 
 
+def preset_cache() -> Path:
+    """The folder presets are built into, created if missing and proven writable; else one error naming the fix."""
+    try:
+        return out_folder(cache_dir(), "the preset cache")
+    except ValueError as error:
+        raise ValueError(f"{str(error).partition(' Fix: ')[0]} Fix: set MGPU_LAB_CACHE to a folder you can write "
+                         "to, or unset it (then ~/.cache/mgpu_lab).") from None
+
+
 def output_file(path: object, name: str = "output") -> Path:
     """A file path (not a folder) that can be written, in a folder that is created if missing."""
     if not isinstance(path, (str, os.PathLike)):
@@ -55,10 +64,41 @@ def output_file(path: object, name: str = "output") -> Path:
         what = "a loop of symbolic links" if is_link_loop(path) else "not a regular file (a device, a pipe)"
         raise ValueError(f"{name} {path} is {what}, which cannot hold completions to resume. "
                          "Fix: pass a file such as completions.jsonl.")
+    if path.exists() and is_stream(path):  # named before its folder (/dev/fd is no folder to write in)
+        raise _stream_error(name, path)
     out_folder(path.parent, f"the folder of {name}")
+    if is_stream(path):
+        raise _stream_error(name, path)
     if path.exists() and not os.access(path, os.W_OK):
         raise ValueError(f"{name} {path} cannot be written (no permission). Fix: pass a file you can write to.")
     return path
+
+
+def _stream_error(name: str, path: Path) -> ValueError:
+    """The error for an output file that is a standard stream or a device."""
+    return ValueError(f"{name} {path} is standard input, output or error, or a device, which cannot hold "
+                      "completions to resume. Fix: pass a file such as completions.jsonl.")
+
+
+def is_stream(path: Path) -> bool:
+    """True for a path under /dev or /proc (/dev/stdout, /proc/self/fd/1), or one that is the file behind standard
+    input, output or error: when they are redirected to a file, /dev/stdout is that regular file."""
+    if Path(os.path.abspath(path)).parts[1:2] in (("dev",), ("proc",)):
+        return True
+    try:
+        target = os.stat(path)
+    except OSError:
+        return False
+    return any(os.path.samestat(target, os.fstat(fd)) for fd in (0, 1, 2) if _is_open(fd))
+
+
+def _is_open(fd: int) -> bool:
+    """True when file descriptor `fd` is open in this process."""
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
 
 
 def is_link_loop(path: Path) -> bool:
@@ -82,6 +122,9 @@ def image_path(path: str | Path, name: str = "--plot") -> Path:
     if path.is_dir():
         raise ValueError(f"{name} {path} is a folder. Fix: pass a file name such as {path / 'scaling.png'}.")
     out_folder(path.parent, f"the folder of {name}")
+    if is_stream(path):
+        raise ValueError(f"{name} {path} is standard input, output or error, or a device. "
+                         "Fix: pass a file name such as scaling.png.")
     return path
 
 
@@ -92,40 +135,3 @@ def unique_keys(pairs: list[tuple[str, object]]) -> dict:
     if twice:
         raise ValueError(f"the key(s) {', '.join(map(repr, twice))} appear more than once")
     return dict(pairs)
-
-
-def torchrun_env(num_processes: int | tuple[int, ...] | None, environ: dict | None = None) -> None:
-    """Refuse torchrun variables that are partial, inconsistent, left over in a shell, or not the asked-for count."""
-    environ = os.environ if environ is None else environ
-    present = [v for v in TORCHRUN_VARIABLES if v in environ]
-    if not present:
-        return
-    unset = (f"Fix: unset {' '.join(TORCHRUN_VARIABLES)} (left over from an earlier torchrun?), "
-             "or start under torchrun.")
-    if len(present) < len(TORCHRUN_VARIABLES):
-        missing = [v for v in TORCHRUN_VARIABLES if v not in environ]
-        raise ValueError(f"Only some torchrun variables are set ({', '.join(present)}; missing "
-                         f"{', '.join(missing)}). {unset}")
-    rank, world, local = (_env_int(environ, v) for v in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-    port("MASTER_PORT", _env_int(environ, "MASTER_PORT"))
-    if world < 1 or not 0 <= rank < world or not 0 <= local <= rank:
-        raise ValueError(f"The torchrun variables disagree: RANK={rank}, WORLD_SIZE={world}, LOCAL_RANK={local} "
-                         f"(need 0 <= LOCAL_RANK <= RANK < WORLD_SIZE). {unset}")
-    asked = (num_processes,) if isinstance(num_processes, int) else num_processes
-    if asked is None and "TORCHELASTIC_RUN_ID" not in environ:
-        raise ValueError(f"RANK, WORLD_SIZE and MASTER_* are set (WORLD_SIZE={world}) but no torchrun started this "
-                         f"process, so it would wait for the other ranks for ever. {unset} "
-                         f"Or, if you start every rank yourself, pass --num-processes {world}.")
-    if asked is not None and tuple(asked) != (world,):
-        raise ValueError(f"Under torchrun the process count is fixed by WORLD_SIZE={world}, but "
-                         f"{', '.join(map(str, asked))} process(es) were asked for. "
-                         f"Fix: pass --num-processes {world}, or leave it out.")
-
-
-def _env_int(environ: dict, name: str) -> int:
-    """An environment variable that must hold a whole number."""
-    try:
-        return int(environ[name])
-    except ValueError:
-        raise ValueError(f"{name}={environ[name]!r} is not a whole number. "
-                         "Fix: unset it, or start under torchrun.") from None

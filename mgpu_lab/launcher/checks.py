@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 
 MIN_TIMEOUT_S = 1  # below this a launch's processes cannot even join their group in time
+MAX_TIMEOUT_S = 7 * 24 * 3600  # a week: torch's process group failed in C++ on 1e10 s, and 1e300 overflowed
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
 def whole_number(name: str, value: object, minimum: int = 1) -> int:
@@ -40,4 +43,44 @@ def launch_timeout(value: object) -> float:
     if seconds < MIN_TIMEOUT_S:
         raise ValueError(f"timeout must be at least {MIN_TIMEOUT_S} s (the processes need about that long to start "
                          f"and join their group), got {value}. Fix: leave it out (300 s) or pass a larger one.")
+    if seconds > MAX_TIMEOUT_S:
+        raise ValueError(f"timeout must be at most {MAX_TIMEOUT_S} s (a week), got {value:g}. Fix: pass a smaller "
+                         "one: it bounds how long a process waits for a peer, not how long the run may take.")
     return seconds
+
+
+def torchrun_env(num_processes: int | tuple[int, ...] | None, environ: dict | None = None) -> None:
+    """Refuse torchrun variables that are partial, inconsistent, left over in a shell, or not the asked-for count."""
+    environ = os.environ if environ is None else environ
+    present = [v for v in TORCHRUN_VARIABLES if v in environ]
+    if not present:
+        return
+    unset = (f"Fix: unset {' '.join(TORCHRUN_VARIABLES)} (left over from an earlier torchrun?), "
+             "or start under torchrun.")
+    if len(present) < len(TORCHRUN_VARIABLES):
+        missing = [v for v in TORCHRUN_VARIABLES if v not in environ]
+        raise ValueError(f"Only some torchrun variables are set ({', '.join(present)}; missing "
+                         f"{', '.join(missing)}). {unset}")
+    rank, world, local = (_env_int(environ, v) for v in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    port("MASTER_PORT", _env_int(environ, "MASTER_PORT"))
+    if world < 1 or not 0 <= rank < world or not 0 <= local <= rank:
+        raise ValueError(f"The torchrun variables disagree: RANK={rank}, WORLD_SIZE={world}, LOCAL_RANK={local} "
+                         f"(need 0 <= LOCAL_RANK <= RANK < WORLD_SIZE). {unset}")
+    asked = (num_processes,) if isinstance(num_processes, int) else num_processes
+    if asked is None and "TORCHELASTIC_RUN_ID" not in environ:
+        raise ValueError(f"RANK, WORLD_SIZE and MASTER_* are set (WORLD_SIZE={world}) but no torchrun started this "
+                         f"process, so it would wait for the other ranks for ever. {unset} "
+                         f"Or, if you start every rank yourself, pass --num-processes {world} (num_processes={world}).")
+    if asked is not None and tuple(asked) != (world,):
+        raise ValueError(f"Under torchrun (or inside a launched function) the process count is fixed by "
+                         f"WORLD_SIZE={world}, but {', '.join(map(str, asked))} process(es) were asked for. "
+                         f"Fix: pass --num-processes {world} (num_processes={world}), or leave it out.")
+
+
+def _env_int(environ: dict, name: str) -> int:
+    """An environment variable that must hold a whole number."""
+    try:
+        return int(environ[name])
+    except ValueError:
+        raise ValueError(f"{name}={environ[name]!r} is not a whole number. "
+                         "Fix: unset it, or start under torchrun.") from None

@@ -18,6 +18,7 @@ from accelerate.state import PartialState
 from accelerate.utils import parse_flag_from_env
 
 from .folder import LaunchFolder
+from .tree import end_descendants, lead_own_group
 
 # One thread per process: a CPU process stands in for one GPU, and a forked child that starts an
 # OpenMP team after its parent already ran one (say, a generate() in the kernel) hangs for ever.
@@ -49,6 +50,8 @@ def run_child(child: ChildArgs) -> None:
     gc.freeze()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches every process; the parent stops them all
     _die_with_parent()
+    lead_own_group()  # what the function forks is ended with this rank, by the rank or by the parent
+    me = os.getpid()
     _no_library_bars()
     rank, folder = int(os.environ.get("RANK", "0")), child.folder
     folder.started(rank)
@@ -59,18 +62,21 @@ def run_child(child: ChildArgs) -> None:
         join_group(child.timeout)
         step = ""
         result = child.function(*child.args)
+        _only_the_rank(me)
         step = "sending its result back"
         if rank == 0:
             folder.save_result(result)
         step = "leaving the process group"
         leave_group()
     except BaseException as error:  # noqa: B036 - every way out of the function is reported, then exit code 1
+        _only_the_rank(me, 1)
         folder.report(rank, {"error": error_line(error), "step": step, "traceback": traceback.format_exc()})
         raise SystemExit(1) from None
     finally:
         if rank == 0:
             folder.save_output(sys.stdout.getvalue())
         sys.stderr.flush()
+        end_descendants()  # a worker or subprocess the function left running
     folder.finish(rank)
 
 
@@ -92,6 +98,12 @@ def error_line(error: BaseException) -> str:
     """`Name: message`, or just the name when the message is empty (a bare KeyboardInterrupt)."""
     text = str(error)
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _only_the_rank(rank_pid: int, code: int = 0) -> None:
+    """In a process the function forked that returned (or raised) out of it: leave now, as the rank it is not."""
+    if os.getpid() != rank_pid:
+        os._exit(code)
 
 
 def _die_with_parent() -> None:

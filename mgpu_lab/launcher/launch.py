@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
+import threading
+import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from accelerate.state import PartialState
@@ -15,7 +18,7 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.multiprocessing.spawn import ProcessException
 
 from .bar import CHANNEL, Bar, Progress
-from .checks import launch_timeout
+from .checks import launch_timeout, torchrun_env, whole_number
 from .checks import port as port_number
 from .child import THREADS, ChildArgs, error_line, join_group, leave_group
 from .failures import CUDA_IN_PARENT, Ended, LaunchError, failure
@@ -102,8 +105,7 @@ def plan_launch(num_processes: int | None = None, port: int | str | None = None,
     device = "cuda" if gpus else "cpu"
     if num_processes is None:
         num_processes = default_processes(cpu)
-    if not isinstance(num_processes, int) or isinstance(num_processes, bool) or num_processes < 1:
-        raise LaunchError(f"num_processes must be a whole number >= 1, got {num_processes!r}.")
+    whole_number("num_processes", num_processes)
     if gpus and num_processes > gpus:
         raise LaunchError(
             f"Asked for {num_processes} processes but this machine has {gpus} GPU(s); data parallelism "
@@ -139,16 +141,77 @@ def launch(function: Callable[..., Any], args: tuple = (), num_processes: int | 
         raise TypeError(f"launch() needs a function to run, got the {type(function).__name__} {function!r:.40}.")
     args = tuple(args)
     launch_timeout(timeout)
+    if num_processes is not None:
+        whole_number("num_processes", num_processes)
+    progress = bar_counts(progress)
+    options = dict(mixed_precision=mixed_precision, master_addr=master_addr, node_rank=node_rank, num_nodes=num_nodes,
+                   rdzv_backend=rdzv_backend, rdzv_endpoint=rdzv_endpoint, rdzv_conf=rdzv_conf, rdzv_id=rdzv_id,
+                   max_restarts=max_restarts, monitor_interval=monitor_interval,
+                   log_line_prefix_template=log_line_prefix_template)
+    if Running.pid not in (None, os.getpid()):  # a process this process's launch forked: the function calls again
+        return _inside_a_launch(function, args, num_processes, timeout)
+    with one_at_a_time(function):  # first: a running launch has torch's variables in os.environ for its processes
+        torchrun_env(num_processes)  # left over in a shell, or a count other than WORLD_SIZE: refused, as run() does
+        if already_launched():
+            return _run_in_this_process(function, args, timeout)
+        check_parent_is_clean()
+        plan = plan_launch(num_processes, use_port, cpu)
+        if verbose:
+            print(plan.describe(), flush=True)  # flushed before the fork, so no child inherits it unprinted
+        options = dict(options, num_processes=plan.num_processes, use_port=str(plan.port))
+        return _run_processes(plan, function, args, options, timeout, progress)
+
+
+def _inside_a_launch(function: Callable[..., Any], args: tuple, num_processes: int | None, timeout: float) -> Any:
+    """launch() in a launched function: run on the processes that exist (as run() does), or refuse another count."""
     if already_launched():
+        torchrun_env(num_processes)
         return _run_in_this_process(function, args, timeout)
-    check_parent_is_clean()
-    plan = plan_launch(num_processes, use_port, cpu)
-    if verbose:
-        print(plan.describe(), flush=True)  # flushed before the fork, so no child inherits it unprinted
-    options = dict(num_processes=plan.num_processes, mixed_precision=mixed_precision, use_port=str(plan.port),
-                   master_addr=master_addr, node_rank=node_rank, num_nodes=num_nodes, rdzv_backend=rdzv_backend,
-                   rdzv_endpoint=rdzv_endpoint, rdzv_conf=rdzv_conf, rdzv_id=rdzv_id, max_restarts=max_restarts,
-                   monitor_interval=monitor_interval, log_line_prefix_template=log_line_prefix_template)
+    if num_processes not in (None, 1):
+        raise ValueError(f"This function already runs inside a launch, on its one process, but "
+                         f"num_processes={num_processes} were asked for. Fix: leave num_processes out (or 1), "
+                         "or launch from the notebook or script, not from inside a launched function.")
+    return function(*args)
+
+
+class Running:
+    """The launch running in this process, if any: launches swap sys.stdout and os.environ, so one runs at a time."""
+
+    lock = threading.Lock()
+    what: str = ""
+    pid: int | None = None  # the launching process; a process forked by the launch sees another PID
+
+
+@contextlib.contextmanager
+def one_at_a_time(function: Callable[..., Any]) -> Iterator[None]:
+    """Hold the process's one launch for the block; a second launch meanwhile (another thread) is refused at once."""
+    if not Running.lock.acquire(blocking=False):
+        raise LaunchError(f"Another launch is running in this process ({Running.what}); a launch replaces "
+                          "sys.stdout and os.environ while it runs, so one runs at a time. Fix: wait for it to "
+                          "return, or launch one function that does both jobs.")
+    name = getattr(function, "__qualname__", type(function).__name__)
+    Running.what = (f"launch({name}) from thread {threading.current_thread().name!r}, started "
+                    f"{time.strftime('%H:%M:%S')}")
+    Running.pid = os.getpid()
+    try:
+        yield
+    finally:
+        Running.what, Running.pid = "", None
+        Running.lock.release()
+
+
+def bar_counts(progress: object) -> Progress | None:
+    """What the bar counts (a Progress), None for no bar (False too); anything else is a TypeError naming the fix."""
+    if progress is None or progress is False or isinstance(progress, Progress):
+        return progress or None
+    raise TypeError(f"progress must be a Progress (what the bar counts, e.g. Progress(total=len(prompts))), got the "
+                    f"{type(progress).__name__} {progress!r:.40}. Fix: pass progress=Progress(total=N) and call "
+                    "tell(prompts, tokens) in the function, or leave it out; run(..., progress=True) makes its own.")
+
+
+def _run_processes(plan: LaunchPlan, function: Callable[..., Any], args: tuple, options: dict, timeout: float,
+                   progress: Progress | None) -> Any:
+    """Fork the planned processes in a fresh temp folder, wait for them, replay rank 0's prints, return its result."""
     with LaunchFolder.create() as tmp:
         folder = LaunchFolder(tmp)
         child = ChildArgs(function, args, folder, timeout, sys.stdout, sys.stderr)

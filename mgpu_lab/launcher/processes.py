@@ -12,7 +12,6 @@ import ctypes
 import io
 import logging
 import multiprocessing.process
-import os
 import signal
 import sys
 import threading
@@ -26,6 +25,7 @@ from accelerate.utils import PrepareForLaunch, patch_environment
 
 from .bar import Bar
 from .child import ChildArgs, run_child
+from .tree import descendants, end_group, end_processes
 
 POLL_S = 0.05  # how often the parent looks for its new processes (before torch elastic reaps an early exit)
 BAR_S = 0.5  # how often it redraws the bar
@@ -89,6 +89,7 @@ def start_and_watch(start: Callable[[], None], env: dict, count: int, bar: Bar |
             # (Python 3.11, bpo-45274's fix), and the launch would then not wait for its processes to stop.
             while not starter.done.wait(POLL_S):
                 processes.update(_new_processes(before))
+                _end_groups_of_ended(processes)  # what an ended rank left holds its pipe: torch would wait for it
                 if bar and time.monotonic() - drawn > BAR_S:
                     bar.refresh()
                     drawn = time.monotonic()
@@ -104,7 +105,17 @@ def start_and_watch(start: Callable[[], None], env: dict, count: int, bar: Bar |
             stopped = stop(processes.values())
             starter.done.wait()  # torch elastic sees its processes gone, and returns
             raise KeyboardInterrupt(f"interrupted: stopped {stopped} processes") from None
+        finally:
+            for pid in processes:
+                end_group(pid)  # whatever a rank's function started and left, however the rank ended
     return processes, starter
+
+
+def _end_groups_of_ended(processes: dict) -> None:
+    """End the process group of each rank that has exited (what its function forked and left running)."""
+    for pid, process in processes.items():
+        if process.exitcode is not None:
+            end_group(pid)
 
 
 def _new_processes(before: set) -> dict:
@@ -128,18 +139,14 @@ def stop(processes) -> int:
     """SIGTERM every running process, SIGKILL those still there after a grace period; how many were running."""
     sentinels = {p.sentinel: p for p in processes}
     running = [sentinels[s] for s in set(sentinels) - set(connection.wait(list(sentinels), timeout=0))]
+    started = [pid for p in running for pid in descendants(p.pid)]  # before the ranks go: some left their group
     for p in running:
-        _signal(p.pid, signal.SIGTERM)
+        end_group(p.pid, signal.SIGTERM)  # the rank and what its function started
     still = set(p.sentinel for p in running) - set(connection.wait([p.sentinel for p in running], STOP_GRACE_S))
     for sentinel in still:
-        _signal(sentinels[sentinel].pid, signal.SIGKILL)
+        end_group(sentinels[sentinel].pid, signal.SIGKILL)
+    end_processes(started)
     return len(running)
-
-
-def _signal(pid: int, number: int) -> None:
-    """Send a signal to a process that may have just ended."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, number)
 
 
 @contextlib.contextmanager

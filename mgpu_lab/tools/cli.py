@@ -16,6 +16,7 @@ try:  # `python -m mgpu_lab doctor` runs without these (mgpu_lab/__main__.py); t
     from ..course.demos import hello
     from ..course.plots import plot_against_peer, plot_scaling
     from ..course.report import format_completions, format_records, format_split, format_summary
+    from ..launcher.bar import wanted
     from ..launcher.launch import DEFAULT_TIMEOUT_S, LaunchError, is_main_rank, launch
     from ..engine.models import ModelNotFoundError, check_model, is_synthetic
     from ..engine.modes import MODES, mode_names
@@ -75,7 +76,7 @@ def cmd_lessons(args: argparse.Namespace) -> int:
     """The main job: every lesson notebook, end to end, on the bundled model."""
     from .lessons_runner import run_lessons  # needs jupyter's packages, which a minimal GPU box may lack
 
-    return run_lessons(Path(args.out))
+    return run_lessons(Path(args.out), force=args.force)
 
 
 def cmd_notebooks(args: argparse.Namespace) -> int:
@@ -123,7 +124,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                   max_new_tokens=args.max_new_tokens, model=args.model, prompts=tuple(read_prompts(args.prompts)),
                   prompt_set=args.prompt_set or (args.prompts or "default"), repeats=args.repeats,
                   bandwidth_gbs=args.bandwidth_gbs, token_budget=args.token_budget, peer_python=args.peer_python)
-    records = against_peer(against_input_order(run_sweep(sweep, progress=is_main_rank(), out_dir=out)))
+    shown = is_main_rank() and not args.quiet and wanted(None)  # a terminal or a notebook watches, as for a run
+    records = against_peer(against_input_order(run_sweep(sweep, progress=shown, out_dir=out)))
     if not is_main_rank():
         return 0
     if args.json:
@@ -149,7 +151,7 @@ def add_workload_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token-budget", type=positive_int, default=None,
                         help="padded tokens per batch (" + ", ".join(n for n, m in MODES.items()
                                                                      if m.knob == "token_budget")
-                        + "); default: measured for the model and device, see mgpu_lab/budget.py")
+                        + "); default: measured for the model and device, see mgpu_lab/engine/budget.py")
 
 
 def add_bench_options(parser: argparse.ArgumentParser) -> None:
@@ -170,6 +172,7 @@ def add_bench_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=str(results_dir() / "bench"),
                         help="folder for records.jsonl and records.csv (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the records as JSON lines on stdout")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--peer-python", help="a Python with vLLM installed (its own venv, see the README): "
                         "measure its LLM.generate on the same model, prompts and cores beside each point")
     parser.add_argument("--plot", help="save the scaling figure (the last mode's) to this image file (.png, .svg, .pdf, ...)")
@@ -222,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     lessons = commands.add_parser("lessons", help="run every lesson notebook end to end")
     lessons.add_argument("--out", default=str(results_dir() / "lessons"),
                          help="where the executed notebooks go (default: %(default)s)")
+    lessons.add_argument("--force", action="store_true",
+                         help="overwrite notebooks in --out that this command did not write, or that were edited since")
     lessons.set_defaults(handler=cmd_lessons)
     notebooks = commands.add_parser("notebooks",
                                     help="copy the lesson notebooks, outputs cleared, into a folder (a workshop room)")

@@ -178,21 +178,32 @@ def check_model_loads(name: str = "tiny") -> Check:
     try:
         check_model(name)
         model, _tokenizer = load_model(name, "cpu")
-    except ModelNotFoundError as error:
+    except (OSError, ValueError) as error:  # the error's own fix, when it names one; one Fix: per line
         message, _, fix = str(error).partition(" Fix: ")
-        return Check(f"model {name}", False, message, fix or "pass a preset name or a checkpoint folder.")
-    except (OSError, ValueError) as error:
-        return Check(f"model {name}", False, f"does not load: {error}",
-                     "check that the folder holds config.json, the weights and the tokenizer files.")
+        if isinstance(error, ModelNotFoundError):
+            return Check(f"model {name}", False, message, fix or "pass a preset name or a checkpoint folder.")
+        return Check(f"model {name}", False, f"does not load: {message}",
+                     fix or "check that the folder holds config.json, the weights and the tokenizer files.")
     millions = sum(p.numel() for p in model.parameters()) / 1e6
     return Check(f"model {name}", True, f"loads on CPU ({millions:.1f}M parameters)")
+
+
+def check_cache() -> Check:
+    """The folder presets such as `small` are built into (MGPU_LAB_CACHE, else ~/.cache/mgpu_lab) can be written."""
+    from ..engine.validate import preset_cache
+
+    try:
+        return Check("preset cache", True, f"{preset_cache()} is writable")
+    except ValueError as error:
+        message, _, fix = str(error).partition(" Fix: ")
+        return Check("preset cache", False, message.removeprefix("the preset cache "), fix)
 
 
 def checks(model: str, port: int) -> list[Callable[[], Check]]:
     """Every check, in the order the doctor runs them; the launch runs before any model is loaded here."""
     packages = [partial(check_package, package) for package in dependencies()]
     return [check_python, *packages, check_tested_set, check_cuda_not_initialised, check_gpus, partial(check_port, port),
-            check_launch, partial(check_model_loads, model)]
+            check_launch, check_cache, partial(check_model_loads, model)]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -27,6 +27,11 @@ solutions = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(solutions)
 
 
+def launched(*values) -> pytest.param:
+    """A parametrized case whose check launches processes: in the multiprocess tier."""
+    return pytest.param(*values, marks=pytest.mark.multiprocess)
+
+
 def squares_without_a_list() -> list[int]:
     return gather_object(Accelerator().process_index ** 2)
 
@@ -224,7 +229,7 @@ def one_prompt_per_batch(lengths, new_tokens, budget):
 
 
 @pytest.mark.parametrize("check, solution", [
-    (exercises.check_squares, solutions.squares), (exercises.check_restore, solutions.restore),
+    launched(exercises.check_squares, solutions.squares), launched(exercises.check_restore, solutions.restore),
     (exercises.check_calls, solutions.calls), (exercises.check_budget_batches, solutions.budget_batches),
     (exercises.check_layout, solutions.layout),
 ])
@@ -234,10 +239,11 @@ def test_check_accepts_the_solution(capsys, check, solution):
 
 
 @pytest.mark.parametrize("check, solution", [
-    (exercises.check_squares, squares_by_tensor_gather), (exercises.check_squares, squares_by_tensor_gather_as_list),
-    (exercises.check_squares, squares_with_partial_state_and_a_tuple),
-    (exercises.check_squares, squares_with_torch_itself),
-    (exercises.check_restore, restore_as_lists),
+    launched(exercises.check_squares, squares_by_tensor_gather),
+    launched(exercises.check_squares, squares_by_tensor_gather_as_list),
+    launched(exercises.check_squares, squares_with_partial_state_and_a_tuple),
+    launched(exercises.check_squares, squares_with_torch_itself),
+    launched(exercises.check_restore, restore_as_lists),
     (exercises.check_calls, lambda p, n, b: -(-(-(-p // n)) // b)),
     (exercises.check_budget_batches, budget_largest_first),
     (exercises.check_layout, layout_as_a_list),
@@ -249,22 +255,22 @@ def test_check_accepts_a_correct_answer_written_another_way(capsys, check, solut
 
 
 @pytest.mark.parametrize("check, wrong, hint", [
-    (exercises.check_squares, squares_without_a_list, "gather_object needs a list"),
-    (exercises.check_squares, squares_local_only, "process 0 returned [0] without gathering"),
-    (exercises.check_squares, squares_computed_in_one_process, "returned [0, 1"),
-    (exercises.check_squares, squares_computed_in_one_process, "] without gathering"),
-    (exercises.check_squares, squares_written_out, "returned [0, 1, 4] without gathering"),
-    (exercises.check_squares, squares_through_the_kit, "the kit's what_each_process_sees gathered for you"),
-    (exercises.check_squares, squares_gather_anything, "sent [[2]] to the gather"),
-    (exercises.check_squares, squares_for_three, "return the gathered list"),
-    (exercises.check_squares, not_done, "NotImplementedError"),
-    (exercises.check_restore, lambda shares, count: [p for s in shares for p in s][:count],
+    launched(exercises.check_squares, squares_without_a_list, "gather_object needs a list"),
+    launched(exercises.check_squares, squares_local_only, "process 0 returned [0] without gathering"),
+    launched(exercises.check_squares, squares_computed_in_one_process, "returned [0, 1"),
+    launched(exercises.check_squares, squares_computed_in_one_process, "] without gathering"),
+    launched(exercises.check_squares, squares_written_out, "returned [0, 1, 4] without gathering"),
+    launched(exercises.check_squares, squares_through_the_kit, "the kit's what_each_process_sees gathered for you"),
+    launched(exercises.check_squares, squares_gather_anything, "sent [[2]] to the gather"),
+    launched(exercises.check_squares, squares_for_three, "return the gathered list"),
+    launched(exercises.check_squares, not_done, "NotImplementedError"),
+    launched(exercises.check_restore, lambda shares, count: [p for s in shares for p in s][:count],
      "10 prompts on 4 processes gave"),
-    (exercises.check_restore, lambda shares, count: list(range(count)), "not just the numbers"),
-    (exercises.check_restore, restore_by_text, "drop them by index"),
-    (exercises.check_restore, restore_the_article, "take each pair from shares"),
-    (exercises.check_restore, restore_the_lessons_shares, "take each pair from shares"),
-    (exercises.check_restore, restore_for_the_fixed_cases, "10 prompts on 4 processes gave"),
+    launched(exercises.check_restore, lambda shares, count: list(range(count)), "not just the numbers"),
+    launched(exercises.check_restore, restore_by_text, "drop them by index"),
+    launched(exercises.check_restore, restore_the_article, "take each pair from shares"),
+    launched(exercises.check_restore, restore_the_lessons_shares, "take each pair from shares"),
+    launched(exercises.check_restore, restore_for_the_fixed_cases, "10 prompts on 4 processes gave"),
     (exercises.check_calls, lambda p, n, b: p / (n * b), "you said 6.25"),
     (exercises.check_calls, lambda p, n, b: math.ceil(p / b), "4 processes"),
     (exercises.check_calls, lambda p, n, b: p // (n * b) + 1, "for 96 prompts, 1 processes, batches of 16: you said 7"),
@@ -326,6 +332,7 @@ def test_a_gib_slip_is_caught_on_some_box():
     assert exercises.check_layout(layout_in_gigabytes) is False
 
 
+@pytest.mark.multiprocess
 def test_padded_split_is_accelerates():
     """The restore check computes apply_padding's split itself; it must be accelerate's, uneven splits included."""
     for count, processes in [*exercises.RESTORE_CASES, (5, 4), (1, 3), (7, 7), (9, 2)]:
@@ -340,6 +347,7 @@ def test_checks_draw_new_cases_on_every_call():
     assert batched_check.draw_case() != batched_check.draw_case()
 
 
+@pytest.mark.multiprocess
 def test_batched_function_check_accepts_the_solution_on_any_machine(capsys, monkeypatch):
     monkeypatch.setattr(launch_module, "count_gpus", lambda: 1)  # a one-GPU box: the check still runs 2 CPU processes
     assert exercises.check_batched_function(solutions.batched_on_each_process) is True
@@ -352,6 +360,7 @@ def a_case(processes=2, batch_size=3, count=8, max_new_tokens=16):
     return batched_check.BatchedCase(default_prompts(repeat=1)[:count], max_new_tokens, batch_size, processes)
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("mistake, hint", [
     ({"padding_side": "right"}, "pad on the left"),
     ({"pad_token": False}, "tokenizer.pad_token = tokenizer.eos_token"),
@@ -374,6 +383,7 @@ def test_batched_function_check_names_each_usual_mistake(capsys, mistake, hint):
     assert out.startswith("✗ not yet:") and hint in out
 
 
+@pytest.mark.multiprocess
 def test_a_hard_coded_max_new_tokens_is_named_and_nothing_is_regenerated(capsys, monkeypatch):
     """The hint comes from the learner's own calls: the check makes no right-padded generate call of its own, whose
     transformers warning would land in the learner's cell though they padded left."""
@@ -394,6 +404,7 @@ def test_a_hard_coded_max_new_tokens_is_named_and_nothing_is_regenerated(capsys,
     assert here and not any(call.right_padded or call.bos_missing for call in here)
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("style", [
     {"strided": True}, {"attribute_padding": True}, {"multiple_of_8": True}, {"as_lists": True},
     {"explicit_tensors": True}, {"via_config": True},
@@ -419,6 +430,7 @@ def batched_by_the_kit(folder, prompts, max_new_tokens, batch_size):
     return sorted(gather_object(results))
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("wrong, hint", [
     (rows_from_elsewhere, "made no generate call"),
     (batched_by_the_kit, "the kit's generate_batched did the work"),
@@ -429,6 +441,7 @@ def test_batched_function_check_wants_the_work_done_in_the_function(capsys, wron
     assert out.startswith("✗ not yet:") and hint in out
 
 
+@pytest.mark.multiprocess
 def test_the_batched_mistakes_helper_without_mistakes_passes(capsys):
     """Guards the test above: each mistake is the only difference from a function the check accepts."""
     assert exercises.check_batched_function(batched_with(), a_case()) is True

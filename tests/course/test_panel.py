@@ -25,6 +25,7 @@ def click(box: widgets.VBox) -> tuple[dict, ...]:
     return panel_parts["output"].outputs
 
 
+@pytest.mark.multiprocess
 def test_run_shows_summary_completions_and_a_chart_kept_across_clicks():
     box = panel(prompts=PROMPTS, max_new_tokens=4, batch_size=2, num_processes=2)
     text, chart = click(box)
@@ -41,6 +42,7 @@ def test_run_shows_summary_completions_and_a_chart_kept_across_clicks():
     ("model", "/no/such/checkpoint", "Error: Model '/no/such/checkpoint' was not found"),  # before any launch
     ("max new tokens", 300, "raised ValueError: Prompt"),  # in the processes: 300 > the tiny model's 256 positions
 ])
+@pytest.mark.multiprocess
 def test_a_mistake_is_one_red_error_line(setting, value, message):
     box = panel(prompts=PROMPTS, max_new_tokens=4)
     parts(box)[setting].value = value

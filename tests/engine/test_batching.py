@@ -70,12 +70,14 @@ def reference(tiny, short_varied):
     return generate_naive(model, tokenizer, short_varied, 10)
 
 
+@pytest.mark.slow
 def test_sorted_and_budget_equal_naive_in_input_order(tiny, short_varied, reference):
     for out in (by_mode(tiny, "sorted", short_varied, 10, 5), by_mode(tiny, "budget", short_varied, 10, 600)):
         assert [c.index for c in out] == list(range(len(short_varied)))
         assert [c.token_ids for c in out] == [c.token_ids for c in reference]
 
 
+@pytest.mark.slow
 def test_sorting_cuts_padding_waste(tiny, short_varied):
     model, tokenizer = tiny
     from mgpu_lab.engine.generate import generate_batched
@@ -87,6 +89,7 @@ def test_sorting_cuts_padding_waste(tiny, short_varied):
     assert waste(by_mode(tiny, "sorted", short_varied, 4, 8)) < in_order / 2
 
 
+@pytest.mark.slow
 def test_continuous_batching_matches_naive_on_the_bundled_model(tiny, short_varied, reference):
     model, _ = tiny
     out = by_mode(tiny, "continuous", short_varied, 10, 2048)
@@ -98,6 +101,7 @@ def test_continuous_batching_matches_naive_on_the_bundled_model(tiny, short_vari
 
 
 @pytest.mark.parametrize("mode", ["sorted", "budget", "balanced", "lean", "continuous"])
+@pytest.mark.multiprocess
 def test_every_mode_gives_one_result_per_prompt_in_order(mode, reference, short_varied):
     result = run(mode, "tiny", short_varied, num_processes=3, max_new_tokens=10, batch_size=4,
                  token_budget=600, verbose=False)
@@ -113,6 +117,7 @@ def test_mode_names_list_every_mode():
                             "continuous"]
 
 
+@pytest.mark.multiprocess
 def test_balanced_mode_splits_by_tokens():
     prompts = ["word " * 100] + ["hi"] * 9
     result = run("balanced", "tiny", prompts, num_processes=2, max_new_tokens=2, verbose=False)
@@ -120,6 +125,7 @@ def test_balanced_mode_splits_by_tokens():
     assert [c.prompt for c in result.results] == prompts
 
 
+@pytest.mark.multiprocess
 def test_default_prompts_keep_working_with_new_modes():
     result = run("budget", "tiny", default_prompts(repeat=1), num_processes=2, max_new_tokens=3, verbose=False)
     assert len(result.results) == 10
@@ -131,6 +137,7 @@ def test_the_budget_rule_is_rows_of_a_median_prompt(tiny):
     assert saturating_rows(model) in [2**k for k in range(11)]
 
 
+@pytest.mark.multiprocess
 def test_budget_modes_without_a_budget_record_the_one_the_rule_chose():
     result = run("budget", "tiny", ["a short prompt"] * 4, num_processes=2, max_new_tokens=2, verbose=False)
     assert result.summary.knob == "token_budget" and result.summary.token_budget >= 1

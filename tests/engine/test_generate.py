@@ -18,6 +18,7 @@ def naive(tiny):
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 16])
+@pytest.mark.slow
 def test_batched_equals_naive_token_for_token(tiny, naive, batch_size):
     model, tokenizer = tiny
     batched = generate_batched(model, tokenizer, PROMPTS, NEW_TOKENS, batch_size)
@@ -40,6 +41,7 @@ def test_article_tokenization_drops_bos(tiny):
     assert tokenizer.bos_token_id not in batch["input_ids"][0].tolist()
 
 
+@pytest.mark.slow
 def test_right_padding_changes_the_output(tiny, naive):
     model, tokenizer = tiny
     right = generate_batched(model, tokenizer, PROMPTS, NEW_TOKENS, 16, padding_side="right")
@@ -52,6 +54,7 @@ def test_counts_stop_at_the_first_eos():
     assert count_until_eos([2, 9], {2}) == (1, "eos")
 
 
+@pytest.mark.slow
 def test_completions_hold_no_padding(tiny, naive):
     model, tokenizer = tiny
     for c in generate_batched(model, tokenizer, PROMPTS, NEW_TOKENS, 16):

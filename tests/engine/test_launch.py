@@ -20,8 +20,6 @@ from mgpu_lab.launcher import launch as launch_module
 from mgpu_lab.course.demos import hello
 from mgpu_lab.launcher.launch import LaunchError, LaunchPlan, launch, plan_launch
 
-pytestmark = pytest.mark.multiprocess
-
 
 def fail_on_rank_one() -> None:
     """Raise on rank 1 only, after joining the group, as a real bug in a lesson function would."""
@@ -34,6 +32,7 @@ def fail_on_rank_one() -> None:
     gather_object([accelerator.process_index])
 
 
+@pytest.mark.multiprocess
 def test_two_processes_return_rank_zero_result(capfd):
     messages = launch(hello, num_processes=2)
     assert messages == ["Hello from process 0 of 2 (device: cpu)", "Hello from process 1 of 2 (device: cpu)"]
@@ -42,6 +41,7 @@ def test_two_processes_return_rank_zero_result(capfd):
     assert "Launching 2 CPU process(es)" in out and "CUDA" not in out
 
 
+@pytest.mark.multiprocess
 def test_two_then_one_then_two_in_one_process():
     assert len(launch(hello, num_processes=2)) == 2
     assert launch(hello, num_processes=1) == ["Hello from process 0 of 1 (device: cpu)"]
@@ -49,6 +49,7 @@ def test_two_then_one_then_two_in_one_process():
     assert not PartialState._shared_state  # nothing was left in the calling process
 
 
+@pytest.mark.multiprocess
 def test_child_exception_reaches_caller():
     with pytest.raises(LaunchError) as caught:
         launch(fail_on_rank_one, num_processes=2)
@@ -65,6 +66,7 @@ def cuda_cannot_start():
     raise RuntimeError("CUDA error: initialization error")  # what a child forked after cuInit in its parent raises
 
 
+@pytest.mark.multiprocess
 def test_cuda_driver_started_in_parent_is_named_with_its_fix():
     with pytest.raises(LaunchError) as caught:
         launch(cuda_cannot_start, num_processes=2)
@@ -86,6 +88,7 @@ print(os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"], len(asked))
 """
 
 
+@pytest.mark.multiprocess
 def test_the_kit_keeps_the_kernel_from_starting_cuda():
     """Padded generate in the kernel asks whether a CUDA stream is capturing; on a GPU box that starts the driver."""
     env = {k: v for k, v in os.environ.items() if k != "PYTORCH_NVML_BASED_CUDA_CHECK"}
@@ -115,9 +118,9 @@ def test_cpu_processes_on_a_gpu_machine_when_asked(monkeypatch):
     assert "3 CPU process(es)" in plan.describe()
 
 
-@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
-def test_bad_process_count_is_refused(bad):
-    with pytest.raises(LaunchError, match="whole number"):
+@pytest.mark.parametrize("bad, error", [(0, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError)])
+def test_bad_process_count_is_refused(bad, error):
+    with pytest.raises(error, match="num_processes must be"):
         plan_launch(bad)
 
 
@@ -150,21 +153,23 @@ def test_plan_describes_the_device_truthfully():
     assert "one per GPU" in LaunchPlan(2, "cuda", 1).describe()
 
 
+@pytest.mark.multiprocess
 def test_children_use_one_thread_even_after_the_parent_used_several():
     torch.set_num_threads(2)
     (torch.ones(256, 256) @ torch.ones(256, 256)).sum()  # the parent now owns an OpenMP thread team
     assert launch(torch.get_num_threads, num_processes=1, verbose=False) == 1
 
 
-def test_cli_hello_prints_each_rank_once():
-    out = subprocess.run([sys.executable, "-m", "mgpu_lab", "hello", "--num-processes", "3"],
-                         capture_output=True, text=True, check=True).stdout
+@pytest.mark.multiprocess
+def test_cli_hello_prints_each_rank_once(cli_in_process):
+    out = cli_in_process("hello", "--num-processes", "3").stdout
     assert [line.strip() for line in out.splitlines()[2:]] == [
         f"Hello from process {i} of 3 (device: cpu)" for i in range(3)]
 
 
+@pytest.mark.multiprocess
 def test_torchrun_runs_hello_without_launching_again():
-    done = subprocess.run(["torchrun", "--nproc_per_node", "2", "-m", "mgpu_lab", "hello"],
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "mgpu_lab", "hello"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "Launching" not in done.stdout  # torchrun already made the processes
@@ -177,6 +182,7 @@ def fail_everywhere() -> None:
     raise NotImplementedError("not written yet")
 
 
+@pytest.mark.multiprocess
 def test_same_error_on_every_rank_names_the_lowest_rank():
     for _ in range(3):
         with pytest.raises(LaunchError) as caught:
@@ -211,6 +217,7 @@ def killed_on_rank_one() -> None:
     gather_object([accelerator.process_index])
 
 
+@pytest.mark.multiprocess
 def test_a_killed_process_is_named_with_its_signal():
     with pytest.raises(LaunchError) as caught:
         launch(killed_on_rank_one, num_processes=2, verbose=False)
@@ -230,6 +237,7 @@ def hangs_on_rank_one() -> None:
     gather_object([accelerator.process_index])
 
 
+@pytest.mark.multiprocess
 def test_a_hang_ends_after_the_timeout_naming_the_missing_process():
     with pytest.raises(LaunchError) as caught:
         launch(hangs_on_rank_one, num_processes=2, verbose=False, timeout=3)
@@ -253,6 +261,7 @@ def interrupt_when_ready(folder: Path, count: int) -> None:
     os.kill(os.getpid(), signal.SIGINT)
 
 
+@pytest.mark.multiprocess
 def test_an_interrupt_stops_every_process_and_the_next_launch_works(tmp_path):
     threading.Thread(target=interrupt_when_ready, args=(tmp_path, 2), daemon=True).start()
     with pytest.raises(KeyboardInterrupt, match="^interrupted: stopped 2 processes$"):
@@ -261,6 +270,7 @@ def test_an_interrupt_stops_every_process_and_the_next_launch_works(tmp_path):
     assert len(launch(hello, num_processes=2, verbose=False)) == 2
 
 
+@pytest.mark.multiprocess
 def test_ctrl_c_in_a_terminal_exits_130_with_one_line(tmp_path):
     cli = subprocess.Popen([sys.executable, "-m", "mgpu_lab", "naive", "--max-new-tokens", "100", "--quiet"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -281,6 +291,7 @@ def out_of_memory(*args, **kwargs):
     raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
 
+@pytest.mark.multiprocess
 def test_gpu_out_of_memory_names_the_batch_size_and_a_smaller_one(monkeypatch):
     from transformers import LlamaForCausalLM
 
@@ -301,6 +312,7 @@ def transformers_bars_enabled() -> bool:
     return transformers.utils.logging.is_progress_bar_enabled()
 
 
+@pytest.mark.multiprocess
 def test_children_draw_no_library_progress_bars():
     # A forked child's bar cannot reach the notebook; ipykernel logs a warning for every update it tries.
     assert transformers_bars_enabled()

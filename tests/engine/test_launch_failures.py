@@ -16,8 +16,6 @@ from mgpu_lab.launcher.launch import LaunchError, launch
 
 from test_launch import interrupt_when_ready, leftover_children, sleep_after_saying_ready
 
-pytestmark = pytest.mark.multiprocess
-
 
 def under_notebook_launcher() -> list:
     """Whether accelerate's notebook_launcher is on this process's call stack, gathered from every rank."""
@@ -28,19 +26,23 @@ def under_notebook_launcher() -> list:
     return gather_object([(PartialState().process_index, "accelerate/launchers.py" in stack)])
 
 
+@pytest.mark.multiprocess
 def test_every_process_runs_under_notebook_launcher():
     assert launch(under_notebook_launcher, num_processes=2, verbose=False) == [(0, True), (1, True)]
 
 
+@pytest.mark.multiprocess
 def test_one_process_is_forked_without_notebook_launcher():
     """notebook_launcher(num_processes=1) would run in the kernel itself; launch forks that one too."""
     assert launch(under_notebook_launcher, num_processes=1, verbose=False) == [(0, False)]
 
 
+@pytest.mark.multiprocess
 def test_two_then_one_then_three_in_one_process():
     assert [len(launch(hello, num_processes=n, verbose=False)) for n in (2, 1, 3)] == [2, 1, 3]
 
 
+@pytest.mark.multiprocess
 def test_no_torch_log_line_and_no_environment_left_behind(capfd):
     before = dict(os.environ)
     launch(hello, num_processes=2)
@@ -55,6 +57,7 @@ def my_handler(signum, frame):
     """A SIGINT handler of the caller's own, which a launch must leave in place."""
 
 
+@pytest.mark.multiprocess
 def test_sigint_handler_is_kept_after_a_launch_and_a_failed_one():
     previous = signal.signal(signal.SIGINT, my_handler)
     try:
@@ -67,6 +70,7 @@ def test_sigint_handler_is_kept_after_a_launch_and_a_failed_one():
         signal.signal(signal.SIGINT, previous)
 
 
+@pytest.mark.multiprocess
 def test_sigint_handler_is_kept_after_an_interrupted_launch(tmp_path):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     threading.Thread(target=interrupt_when_ready, args=(tmp_path, 2), daemon=True).start()
@@ -81,6 +85,7 @@ def unpicklable_result():
     return threading.Lock()
 
 
+@pytest.mark.multiprocess
 def test_a_result_that_cannot_be_sent_back_is_named():
     with pytest.raises(LaunchError) as caught:
         launch(unpicklable_result, num_processes=2, verbose=False)
@@ -98,6 +103,7 @@ def exits_early_on_rank_one() -> None:
     gather_object([0])
 
 
+@pytest.mark.multiprocess
 def test_a_rank_that_exits_early_is_named_not_the_peer_that_lost_it():
     with pytest.raises(LaunchError) as caught:
         launch(exits_early_on_rank_one, num_processes=2, verbose=False)
@@ -110,6 +116,7 @@ def exits_early_everywhere() -> None:
     os._exit(0)
 
 
+@pytest.mark.multiprocess
 def test_every_rank_exiting_early_ends_the_launch():
     with pytest.raises(LaunchError) as caught:
         launch(exits_early_everywhere, num_processes=2, verbose=False)
@@ -128,6 +135,7 @@ def sleeps_on_rank_one() -> int:
     return 0
 
 
+@pytest.mark.multiprocess
 def test_a_hang_without_a_collective_names_the_missing_process():
     with pytest.raises(LaunchError) as caught:
         launch(sleeps_on_rank_one, num_processes=2, verbose=False, timeout=3)
@@ -152,6 +160,7 @@ def calls_sys_exit() -> None:
     (raises_keyboard_interrupt_on_rank_one, "Process 1 raised KeyboardInterrupt inside the launched function."),
     (calls_sys_exit, "Process 0 raised SystemExit: 3 inside the launched function."),
 ])
+@pytest.mark.multiprocess
 def test_keyboard_interrupt_and_system_exit_from_the_function_are_named(fn, message):
     with pytest.raises(LaunchError) as caught:
         launch(fn, num_processes=2, verbose=False)
@@ -174,9 +183,8 @@ def test_something_that_is_not_a_function_is_refused():
         launch("hello", num_processes=2)
 
 
-def test_cli_refuses_a_timeout_too_small_to_work():
-    done = subprocess.run([sys.executable, "-m", "mgpu_lab", "naive", "--timeout", "0.001"],
-                          capture_output=True, text=True, timeout=120)
+def test_cli_refuses_a_timeout_too_small_to_work(cli_in_process):
+    done = cli_in_process("naive", "--timeout", "0.001")
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [done.stderr.strip()]  # one line, no C++ frames
     assert "timeout must be at least 1 s" in done.stderr
@@ -189,6 +197,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.multiprocess
 def test_a_rank_started_by_hand_that_never_comes_is_one_line():
     env = dict(os.environ, RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                MASTER_PORT=str(free_port()))

@@ -10,6 +10,8 @@ from mgpu_lab.engine.modes import MODES
 from mgpu_lab.engine.prompts import default_prompts
 from mgpu_lab.engine.runner import generate_with_mode
 
+pytestmark = pytest.mark.slow  # seconds of generation on tiny; the compiled step's test, tens of seconds more
+
 PROMPTS = default_prompts(repeat=2)  # 20 prompts of different lengths
 NEW_TOKENS = 24
 

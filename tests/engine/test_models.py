@@ -35,11 +35,10 @@ def test_tiny_loads_fp32_on_cpu(tiny):
     assert model.dtype == torch.float32 and model.device.type == "cpu" and not model.training
 
 
-def test_small_builds_deterministically(tmp_path, monkeypatch):
-    builds = []
-    for name in ("a", "b"):
-        monkeypatch.setenv("MGPU_LAB_CACHE", str(tmp_path / name))
-        builds.append(load_file(models.small_checkpoint() / "model.safetensors"))
+@pytest.mark.slow
+def test_small_builds_deterministically(small, tmp_path, monkeypatch):
+    monkeypatch.setenv("MGPU_LAB_CACHE", str(tmp_path))  # a second build, beside the session's (conftest.py)
+    builds = [load_file(small / "model.safetensors"), load_file(models.small_checkpoint() / "model.safetensors")]
     # The same tensors under the same names; the file's bytes are not compared: safetensors does not promise
     # one header layout for the same tensors (two builds in one process once differed only there).
     assert builds[0].keys() == builds[1].keys()
@@ -47,6 +46,15 @@ def test_small_builds_deterministically(tmp_path, monkeypatch):
     model, tokenizer = load_model("small")
     assert 20e6 < sum(p.numel() for p in model.parameters()) < 30e6
     assert tokenizer.bos_token_id == AutoTokenizer.from_pretrained(models.TINY).bos_token_id
+    special = (tokenizer.bos_token_id, tokenizer.eos_token_id)
+    assert (model.generation_config.bos_token_id, model.generation_config.eos_token_id) == special
+
+
+@pytest.mark.parametrize("name", presets())
+def test_every_preset_names_its_tokenizers_special_tokens(name):
+    config, tokenizer = models.model_config(name), models.load_tokenizer(name)
+    # small once said BOS=0, EOS=1 beside a tokenizer whose BOS is 1 and EOS 2: it stopped when it wrote <s>
+    assert (config.bos_token_id, config.eos_token_id) == (tokenizer.bos_token_id, tokenizer.eos_token_id), name
 
 
 @pytest.mark.parametrize("capability, dtype", [((8, 6), torch.bfloat16), ((9, 0), torch.bfloat16),
@@ -90,6 +98,7 @@ def build_small_here() -> list[str]:
     return gather_object([str(folder)])
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("num_processes", [2, 3])
 @pytest.mark.parametrize("attempt", range(5))
 def test_processes_building_small_together_get_one_complete_folder(tmp_path, monkeypatch, num_processes, attempt):
@@ -102,9 +111,9 @@ def test_processes_building_small_together_get_one_complete_folder(tmp_path, mon
     assert models._is_complete(Path(folders[0]))
 
 
-def test_an_incomplete_folder_is_rebuilt(tmp_path, monkeypatch):
-    monkeypatch.setenv("MGPU_LAB_CACHE", str(tmp_path))
-    folder = models.small_checkpoint()
+@pytest.mark.slow
+def test_an_incomplete_folder_is_rebuilt(small_copy):
+    folder = small_copy
     (folder / "config.json").unlink()  # what the old race left: tokenizer files only
     assert models.small_checkpoint() == folder and models._is_complete(folder)
 
@@ -198,6 +207,7 @@ def test_cpu_memory_is_shared_by_the_local_processes(monkeypatch):
     assert have == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4 and "4 process(es)" in where
 
 
+@pytest.mark.slow
 def test_built_preset_folder_is_readable_by_others(tmp_path, monkeypatch):
     monkeypatch.setenv("MGPU_LAB_CACHE", str(tmp_path))
     old = os.umask(0o022)
@@ -208,9 +218,10 @@ def test_built_preset_folder_is_readable_by_others(tmp_path, monkeypatch):
     assert folder.stat().st_mode & 0o777 == 0o755
 
 
-def test_a_cached_small_preset_that_changed_is_built_again(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("MGPU_LAB_CACHE", str(tmp_path))
-    folder = models.small_checkpoint()
+@pytest.mark.slow
+def test_a_cached_small_preset_that_changed_is_built_again(small_copy, capsys):
+    folder = small_copy
+    assert models.small_checkpoint() == folder
     weights = folder / "model.safetensors"
     built = weights.read_bytes()
     with open(weights, "r+b") as handle:  # a few bytes inside the weights overwritten: NaN in float32
@@ -223,9 +234,9 @@ def test_a_cached_small_preset_that_changed_is_built_again(tmp_path, monkeypatch
     assert models.small_checkpoint() == folder and models._is_sound(folder)
 
 
-def test_a_preset_from_an_older_kit_without_digests_is_built_again(tmp_path, monkeypatch):
-    monkeypatch.setenv("MGPU_LAB_CACHE", str(tmp_path))
-    folder = models.small_checkpoint()
+@pytest.mark.slow
+def test_a_preset_from_an_older_kit_without_digests_is_built_again(small_copy):
+    folder = small_copy
     (folder / models.DIGEST_FILE).unlink()
     assert models.small_checkpoint() == folder and (folder / models.DIGEST_FILE).is_file()
 

@@ -21,8 +21,6 @@ from mgpu_lab.launcher.launch import LaunchError, launch
 from mgpu_lab.launcher.bar import Progress, tell
 from mgpu_lab.engine.prompts import default_prompts
 
-pytestmark = pytest.mark.multiprocess
-
 
 def tell_twice(seen: str) -> None:
     """Each rank finishes one prompt, waits until the parent's bar has shown some progress, then finishes one more."""
@@ -33,6 +31,7 @@ def tell_twice(seen: str) -> None:
     tell(1, 5)
 
 
+@pytest.mark.multiprocess
 def test_the_bar_counts_every_process_while_they_run(tmp_path, monkeypatch):
     shown = []
     seen = tmp_path / "seen"
@@ -50,6 +49,7 @@ def test_the_bar_counts_every_process_while_they_run(tmp_path, monkeypatch):
     assert shown[-1] == (4, "20 tokens generated")
 
 
+@pytest.mark.multiprocess
 def test_terminal_bar_goes_to_stderr_and_json_stdout_stays_one_object():
     controller, terminal = pty.openpty()  # stderr is a terminal, as in a shell; stdout is piped
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 100 columns wide
@@ -81,6 +81,7 @@ def read_lines(path: Path) -> list[dict]:
     return lines[1:]
 
 
+@pytest.mark.multiprocess
 def test_output_file_gets_every_completion_and_refuses_to_mix_runs(tmp_path):
     path = tmp_path / "out.jsonl"
     result = run("batched", "tiny", PROMPTS[:6], num_processes=2, max_new_tokens=3, batch_size=2, verbose=False,
@@ -97,6 +98,7 @@ def test_output_file_gets_every_completion_and_refuses_to_mix_runs(tmp_path):
         raise AssertionError("a second run into the same file must ask for --resume")
 
 
+@pytest.mark.multiprocess
 def test_a_killed_run_resumed_gives_every_prompt_exactly_once(tmp_path):
     path, prompts = tmp_path / "out.jsonl", tmp_path / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")
@@ -161,6 +163,7 @@ def same_results(result, expected):
     return made(result) == made(expected)
 
 
+@pytest.mark.multiprocess
 def test_the_header_records_what_made_the_completions(fresh):
     header = json.loads(fresh[0].read_text().splitlines()[0])
     assert header["mgpu_lab"] == "completions" and header["format"] == 1
@@ -169,16 +172,18 @@ def test_the_header_records_what_made_the_completions(fresh):
         "max_new_tokens": 3, "decoding": "greedy", "dtype": "float32"}
 
 
+@pytest.mark.multiprocess
 def test_a_resume_with_other_settings_is_refused_untouched(fresh, tmp_path):
     path = copy_of(fresh, tmp_path, lines=3)
     refused(path, "was made with max_new_tokens 3 \\(this run: 4\\).*Fix: resume with the file's settings",
             max_new_tokens=4)
     before = path.read_bytes()
-    with pytest.raises(ValueError, match="was made with model 'tiny-.*' \\(this run: 'small-.*'\\)"):
+    with pytest.raises(ValueError, match="was made with model 'tiny-.*', that is --model tiny \\(this run: 'small-.*'\\)"):
         run("batched", "small", SIX, num_processes=1, max_new_tokens=3, verbose=False, output=str(path), resume=True)
     assert path.read_bytes() == before
 
 
+@pytest.mark.multiprocess
 def test_a_dtype_other_than_the_files_is_refused_by_the_processes_untouched(fresh, tmp_path):
     header, *rest = fresh[0].read_text().splitlines(keepends=True)
     path = tmp_path / "out.jsonl"
@@ -194,22 +199,54 @@ def test_a_file_that_is_not_the_kits_is_refused_untouched(tmp_path, content):
     refused(path, "is not an output file of this kit.*Fix: pass a new --output file")
 
 
+def test_a_file_that_is_not_the_kits_is_named_so_without_resume_too(tmp_path):
+    # Before: "already holds completions. Fix: pass --resume", and following that gave "not an output file of this kit".
+    path = tmp_path / "records.jsonl"
+    path.write_bytes(b'{"mode": "batched", "tokens_per_s": 12.5}\n')
+    with pytest.raises(ValueError, match="is not an output file of this kit.*Fix: pass a new --output file") as error:
+        tiny_run(path)
+    assert "--resume" not in str(error.value) and path.read_bytes() == b'{"mode": "batched", "tokens_per_s": 12.5}\n'
+
+
+def test_the_bundled_tiny_named_by_its_folder_resumes_a_file_made_with_tiny(fresh, tmp_path):
+    # Before: refused, naming model 'tiny-<digest>', a value --model does not accept.
+    from mgpu_lab.paths import TINY
+
+    path = copy_of(fresh, tmp_path, lines=3)
+    result = run("batched", str(TINY), SIX, num_processes=1, max_new_tokens=3, batch_size=2, verbose=False,
+                 progress=False, output=str(path), resume=True)
+    assert result.summary.reused == 3 and same_results(result, fresh[1])
+
+
+def test_completions_that_their_header_cannot_have_made_are_refused(fresh, tmp_path):
+    # Before: max_new_tokens edited 3 -> 4 in the header, then a resume with 4 mixed 3- and 4-token completions,
+    # all marked stop_reason "length", rc 0.
+    path = copy_of(fresh, tmp_path, lines=6)
+    path.write_text(path.read_text().replace('"max_new_tokens": 3', '"max_new_tokens": 4', 1))
+    assert any(r["stop_reason"] == "length" for r in read_lines(path))
+    refused(path, "holds 3 generated token\\(s\\) stopped by 'length', which the header's max_new_tokens 4 does not "
+                  "make \\(was the header edited\\?\\)", max_new_tokens=4)
+
+
 @pytest.mark.parametrize("line, match", [
     (b'{"index": 1, "prompt": "x"}\n', "line 3: not a completion \\(missing: generated_tokens, padded_tokens"),
     (b"not json\n", "line 3: not a JSON line"),
     (b'{"index": 1, "index": 1}\n', "line 3: not a JSON line \\(the key\\(s\\) 'index' appear more than once"),
 ])
+@pytest.mark.multiprocess
 def test_a_bad_line_is_named_with_file_and_line_number(fresh, tmp_path, line, match):
     path = copy_of(fresh, tmp_path, lines=1, tail=line + fresh[0].read_bytes().splitlines(keepends=True)[2])
     refused(path, f"{path}, {match}")
 
 
+@pytest.mark.multiprocess
 def test_a_line_with_an_extra_or_mistyped_field_is_named(fresh, tmp_path):
     record = json.loads(fresh[0].read_text().splitlines()[1])
     path = copy_of(fresh, tmp_path, lines=0, tail=json.dumps({**record, "seed": 1, "text": 5}).encode() + b"\n")
     refused(path, "line 2: not a completion \\(unexpected: seed; wrong type: text\\)")
 
 
+@pytest.mark.multiprocess
 def test_completions_of_other_prompts_or_repeated_are_refused(fresh, tmp_path):
     path = copy_of(fresh, tmp_path, lines=2)
     before = path.read_bytes()
@@ -220,6 +257,7 @@ def test_completions_of_other_prompts_or_repeated_are_refused(fresh, tmp_path):
     refused(copy_of(fresh, tmp_path, lines=2, tail=second), "line 4 repeats the completion of prompt 1")
 
 
+@pytest.mark.multiprocess
 def test_a_resumed_run_equals_a_fresh_one_and_drops_only_a_partial_last_line(fresh, tmp_path):
     third = fresh[0].read_bytes().splitlines(keepends=True)[3]
     path = copy_of(fresh, tmp_path, lines=2, tail=third[:25])  # killed while writing the third completion
@@ -231,6 +269,7 @@ def test_a_resumed_run_equals_a_fresh_one_and_drops_only_a_partial_last_line(fre
     assert "(2 reused from the output file; its unfinished last line dropped)" in format_summary(result.summary)
 
 
+@pytest.mark.multiprocess
 def test_a_whole_last_record_without_its_newline_is_kept(fresh, tmp_path):
     path = copy_of(fresh, tmp_path, lines=3)
     path.write_bytes(path.read_bytes().removesuffix(b"\n"))
@@ -245,6 +284,7 @@ def test_resume_without_an_output_file_is_an_error():
         tiny_run(None, resume=True)
 
 
+@pytest.mark.multiprocess
 def test_a_second_run_on_the_same_file_is_refused_at_once(fresh, tmp_path):
     from mgpu_lab.engine.output import held
 
@@ -260,6 +300,7 @@ def test_a_second_run_on_the_same_file_is_refused_at_once(fresh, tmp_path):
     assert tiny_run(path, resume=True).summary.reused == 2
 
 
+@pytest.mark.multiprocess
 def test_a_device_as_output_is_refused_and_a_full_disk_names_the_file():
     with pytest.raises(ValueError, match="output /dev/full is not a regular file"):
         tiny_run("/dev/full")

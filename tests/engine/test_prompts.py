@@ -146,9 +146,9 @@ def test_endless_input_is_refused_past_the_bound(monkeypatch):
         endless.wait()
 
 
-def test_closed_stdin_from_the_command_line_is_one_line(tmp_path):
-    done = subprocess.run(f"{sys.executable} -m mgpu_lab naive --prompts - <&-", shell=True, capture_output=True,
-                          text=True, timeout=120)
+def test_closed_stdin_from_the_command_line_is_one_line(cli_in_process, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", None)  # what Python gives a program started with `<&-`
+    done = cli_in_process("naive", "--prompts", "-")
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "error: --prompts - reads standard input, but it is closed. Fix: pipe the prompts in "

@@ -14,8 +14,6 @@ from mgpu_lab.launcher.launch import LaunchError, launch
 from mgpu_lab.engine.prompts import default_prompts
 from mgpu_lab.engine.tensor_parallel import Layout
 
-pytestmark = pytest.mark.multiprocess
-
 
 def gathered_shares(count: int) -> list:
     """Each rank's share of `count` items, gathered: what share_of_replica hands out, checked equal to accelerate's."""
@@ -28,6 +26,7 @@ def gathered_shares(count: int) -> list:
 
 
 @pytest.mark.parametrize("count, processes", [(0, 2), (1, 2), (2, 3), (10, 4), (100, 3), (7, 1)])
+@pytest.mark.multiprocess
 def test_split_gives_every_item_once(count, processes):
     shares = launch(gathered_shares, (count,), num_processes=processes, verbose=False)
     assert len(shares) == processes
@@ -55,6 +54,7 @@ def reference(tiny):
 
 @pytest.mark.parametrize("mode", ["naive", "batched"])
 @pytest.mark.parametrize("processes", [1, 2, 3])
+@pytest.mark.multiprocess
 def test_same_results_in_same_order_for_1_2_3_processes(reference, mode, processes):
     result = run(mode, "tiny", PROMPTS, num_processes=processes, max_new_tokens=12, batch_size=3, verbose=False)
     assert [c.prompt for c in result.results] == PROMPTS
@@ -66,17 +66,20 @@ def test_same_results_in_same_order_for_1_2_3_processes(reference, mode, process
     assert sum(p.prompts for p in result.per_process) == len(PROMPTS)
 
 
+@pytest.mark.multiprocess
 def test_more_processes_than_prompts_leaves_some_idle():
     result = run("batched", "tiny", PROMPTS[:2], num_processes=3, max_new_tokens=4, verbose=False)
     assert [c.prompt for c in result.results] == PROMPTS[:2]
     assert [p.prompts for p in result.per_process] == [1, 1, 0]
 
 
+@pytest.mark.multiprocess
 def test_empty_prompt_list_gives_an_empty_result():
     result = run("naive", "tiny", [], num_processes=2, max_new_tokens=4, verbose=False)
     assert result.results == [] and result.summary.generated_tokens == 0
 
 
+@pytest.mark.multiprocess
 def test_error_in_a_process_names_the_global_prompt_index():
     with pytest.raises(LaunchError, match="Prompt 10 has .* tokens"):
         run("naive", "tiny", PROMPTS[:10] + ["word " * 300], num_processes=2, max_new_tokens=4, verbose=False)
@@ -92,6 +95,7 @@ def test_unknown_mode_fails_before_launch():
         run("speculative", "tiny", PROMPTS)
 
 
+@pytest.mark.multiprocess
 def test_the_json_summary_keeps_the_names_it_had_as_a_dict():
     # the command line's --json printed these keys, in this order, before the summary became a dataclass
     # (tp_size and replicas joined them with tensor parallelism, partial_dropped with the resume checks)

@@ -155,9 +155,43 @@ def test_image_path_needs_a_known_format_and_a_writable_folder(tmp_path):
 
 def test_folders_of_dead_launches_are_removed(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True)  # a process that has ended
     dead, alive = tmp_path / f"mgpu_lab-{gone.stdout.strip()}-abc", tmp_path / f"mgpu_lab-{os.getpid()}-abc"
     dead.mkdir(), alive.mkdir()
     with LaunchFolder.create() as folder:
         assert Path(folder).name.startswith(f"mgpu_lab-{os.getpid()}-")
     assert not dead.exists() and alive.exists()
+
+
+STREAM_CHECK = """
+import sys
+from mgpu_lab.engine.validate import output_file
+for path in sys.argv[1:]:
+    try:
+        output_file(path)
+        print("accepted", path, file=sys.stderr)
+    except ValueError as error:
+        print(error, file=sys.stderr)
+"""
+
+
+def test_standard_output_redirected_to_a_file_is_no_output_file(tmp_path):
+    # Before: `--output /dev/stdout > out` passed (/dev/stdout was the regular file `out`), and the printed report
+    # overwrote the header and the completions, rc 0.
+    out, link = tmp_path / "out", tmp_path / "link.jsonl"
+    link.symlink_to("/dev/stdout")
+    paths = ["/dev/stdout", "/dev/fd/1", "/proc/self/fd/1", str(link), str(out)]
+    with out.open("w") as stdout:
+        done = subprocess.run([sys.executable, "-c", STREAM_CHECK, *paths], stdout=stdout, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    lines = done.stderr.splitlines()
+    assert len(lines) == len(paths) and all(f"output {p} is standard input, output or error" in line
+                                            for p, line in zip(paths, lines)), done.stderr
+    assert out.read_text() == ""
+
+
+def test_a_plot_to_standard_output_is_refused(tmp_path):
+    link = tmp_path / "plot.png"
+    link.symlink_to("/dev/stdout")
+    with pytest.raises(ValueError, match="plot.png is standard input, output or error, or a device. Fix:"):
+        checks.image_path(link)

@@ -10,18 +10,22 @@ def figures():
     return measure_model("tiny", max_new_tokens=100, batch_size=16)
 
 
+@pytest.mark.slow
 def test_mostly_real_words(figures):
     assert figures.real_words >= 0.85
 
 
+@pytest.mark.slow
 def test_often_stops_at_eos(figures):
     assert figures.stopped_at_eos >= 0.20
 
 
+@pytest.mark.slow
 def test_rarely_stops_at_once(figures):
     assert figures.under_5_tokens <= 0.10
 
 
+@pytest.mark.slow
 def test_does_not_loop(figures):
     assert figures.distinct_3grams >= 0.50
 

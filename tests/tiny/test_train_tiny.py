@@ -30,6 +30,7 @@ def trained(tmp_path_factory):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_folder_loads_like_llama2(trained):
     model = AutoModelForCausalLM.from_pretrained(trained / "tiny")
     tokenizer = AutoTokenizer.from_pretrained(trained / "tiny")
@@ -42,6 +43,7 @@ def test_folder_loads_like_llama2(trained):
     assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
 
 
+@pytest.mark.slow
 def test_log_card_and_plot(trained):
     log = json.loads((trained / "tiny" / "training_log.json").read_text())
     assert log["steps"] == 3 and len(log["losses"]) == 3 and log["heldout"][-1]["step"] == 3
@@ -50,6 +52,7 @@ def test_log_card_and_plot(trained):
     assert (trained / "loss.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_training_is_repeatable(trained, tmp_path):
     train_tiny.run(_args(tmp_path), documents=make_documents(PARAGRAPHS))
     first, again = (json.loads((p / "tiny" / "training_log.json").read_text()) for p in (trained, tmp_path))

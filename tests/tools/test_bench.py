@@ -1,6 +1,7 @@
-"""The benchmark, the scaling model, the roofline, and multi-node runs on loopback."""
+"""The benchmark, the scaling model and the roofline (two loopback nodes: tests/tools/test_cli.py)."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -8,14 +9,11 @@ import pytest
 
 from mgpu_lab.tools.bench import (Sweep, against_input_order, load_records, make_record, run_sweep, save_records,
                             speedups)
-from mgpu_lab.engine.generate import generate_batched
 from mgpu_lab.engine.modes import MODES
 from mgpu_lab.engine.prompts import default_prompts
 from mgpu_lab.course.roofline import bandwidth_for, roofline_fraction, tokens_per_s_bound
 from mgpu_lab.course.staircase import calls_on_busiest_rank, compare_with_article, predict_wall
 from mgpu_lab.engine.results import RunSummary
-
-pytestmark = pytest.mark.multiprocess
 
 PROMPTS = tuple(default_prompts(repeat=1))
 REQUIRED = {"mode", "num_processes", "batch_size", "model", "tokens_per_s", "generated_tokens", "wall_s"}
@@ -32,10 +30,10 @@ def test_a_tp_size_runs_only_with_the_process_counts_it_divides():
     assert [(n, t) for _, n, t, _, _ in sweep.points()] == [(1, 1), (2, 1), (2, 2), (3, 1)]
 
 
-def test_bench_cli_records_tp_size_and_bytes_per_process(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "mgpu_lab", "bench", "--modes", "batched", "--tp-sizes", "1,2",
-                           "--num-processes", "2", "--max-new-tokens", "3", "--repeats", "1", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300)
+@pytest.mark.multiprocess
+def test_bench_cli_records_tp_size_and_bytes_per_process(cli_in_process, tmp_path):
+    done = cli_in_process("bench", "--modes", "batched", "--tp-sizes", "1,2", "--num-processes", "2",
+                          "--max-new-tokens", "3", "--repeats", "1", "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr
     records = load_records(tmp_path / "records.jsonl")
     assert [(r["tp_size"], r["replicas"]) for r in records] == [(1, 2), (2, 1)]
@@ -50,6 +48,7 @@ def records():
     return run_sweep(sweep, progress=False)
 
 
+@pytest.mark.multiprocess
 def test_sweep_records_every_point_with_honest_counts(records):
     assert [(r["mode"], r["num_processes"]) for r in records] == [
         ("naive", 1), ("naive", 2), ("batched", 1), ("batched", 2)]
@@ -61,6 +60,7 @@ def test_sweep_records_every_point_with_honest_counts(records):
         assert r["roofline_fraction"] is None  # no bandwidth is known for a CPU
 
 
+@pytest.mark.multiprocess
 def test_records_are_saved_as_jsonl_and_csv(records, tmp_path):
     save_records(records, tmp_path)
     save_records(records[:1], tmp_path)
@@ -69,6 +69,7 @@ def test_records_are_saved_as_jsonl_and_csv(records, tmp_path):
     assert len(lines) == 1 + len(records) + 1 and lines[0].startswith("mode,model,")
 
 
+@pytest.mark.multiprocess
 def test_speedups_are_relative_to_one_process(records):
     for r in speedups(records):
         base = next(b for b in records if b["mode"] == r["mode"] and b["num_processes"] == 1)
@@ -112,38 +113,46 @@ def test_roofline_numbers():
     assert roofline_fraction(44, 1, 936, int(13.5e9)) == pytest.approx(0.635, abs=0.001)
 
 
-def test_bench_cli_prints_json_lines(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "mgpu_lab", "bench", "--modes", "batched", "--num-processes", "1,2",
-                           "--max-new-tokens", "3", "--repeats", "1", "--out", str(tmp_path), "--json"],
-                          capture_output=True, text=True, timeout=300, check=True)
+@pytest.mark.multiprocess
+def test_bench_cli_prints_json_lines(cli_in_process, tmp_path):
+    done = cli_in_process("bench", "--modes", "batched", "--num-processes", "1,2", "--max-new-tokens", "3",
+                          "--repeats", "1", "--out", str(tmp_path), "--json")
+    assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     assert [r["num_processes"] for r in lines] == [1, 2] and all(REQUIRED <= r.keys() for r in lines)
     assert len(load_records(tmp_path / "records.jsonl")) == 2
+    assert "bench:" not in done.stderr and "it/s" not in done.stderr  # before: tqdm drew on a stderr that was a pipe
 
 
-def test_bench_help_lists_the_modes():
-    out = subprocess.run([sys.executable, "-m", "mgpu_lab", "bench", "--help"], capture_output=True, text=True).stdout
+def test_bench_quiet_draws_no_bar_even_at_a_terminal(monkeypatch, tmp_path):
+    from mgpu_lab.tools import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "run_sweep", lambda sweep, progress, out_dir: seen.append(progress) or [])
+    monkeypatch.setattr(cli.sys.stderr, "isatty", lambda: True)
+    for quiet in ([], ["--quiet"]):
+        cli.main(["bench", "--modes", "batched", "--num-processes", "1", "--out", str(tmp_path), "--json", *quiet])
+    assert seen == [True, False]
+
+
+def test_help_names_only_files_that_exist():
+    from mgpu_lab.paths import checkout
+    from mgpu_lab.tools.cli import build_parser
+
+    if checkout() is None:
+        pytest.skip("an installed wheel: the help's paths are the repository's")
+    parser, named = build_parser(), []
+    for command in parser._subparsers._group_actions[0].choices.values():  # noqa: SLF001 - every subcommand
+        named += re.findall(r"mgpu_lab/[\w/]+\.py", command.format_help())
+    assert named and all((checkout() / path).is_file() for path in named), named  # before: mgpu_lab/budget.py
+
+
+def test_bench_help_lists_the_modes(cli_in_process):
+    out = cli_in_process("bench", "--help").stdout
     assert "naive" in out and "batched" in out
 
 
-def test_two_nodes_on_loopback_match_one_process(tiny):
-    model, tokenizer = tiny
-    expected = [c.token_ids for c in generate_batched(model, tokenizer, list(default_prompts()), 6)]
-    from mgpu_lab.launcher.launch import free_port
-
-    port = str(free_port())
-    nodes = [subprocess.Popen(["torchrun", "--nnodes", "2", "--node_rank", str(rank), "--nproc_per_node", "1",
-                               "--master_addr", "127.0.0.1", "--master_port", port, "-m", "mgpu_lab", "batched",
-                               "--json", "--max-new-tokens", "6"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
-    outputs = [node.communicate(timeout=300) for node in nodes]
-    assert all(node.returncode == 0 for node in nodes), outputs
-    record = json.loads(outputs[0][0])
-    assert outputs[1][0] == ""  # only global rank 0 prints
-    assert record["summary"]["num_processes"] == 2
-    assert [r["token_ids"] for r in record["results"]] == expected
-
-
+@pytest.mark.multiprocess
 def test_every_mode_records_its_knob_and_mean_batch_size():
     prompts = tuple(default_prompts(repeat=1)[:8])  # 4 per process: 2 batches of 2 each
     modes = tuple(m for m in MODES if m != "compiled")  # its compile takes a minute; tests/engine/test_lean.py
@@ -178,6 +187,7 @@ def test_ratios_against_input_order_carry_the_padding_free_limit():
     assert budget["x_input_order"] == 2.5 and budget["padding_free_limit"] == 2.0
 
 
+@pytest.mark.multiprocess
 def test_a_sweep_compares_every_budget_mode_at_one_measured_budget():
     sweep = Sweep(modes=("budget", "balanced", "continuous"), num_processes=(2,), max_new_tokens=(2,),
                   prompts=tuple(default_prompts(repeat=1)[:4]), repeats=1)

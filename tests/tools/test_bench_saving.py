@@ -58,6 +58,7 @@ def read_while_written(folder: str, stop) -> int:
     return reads
 
 
+@pytest.mark.multiprocess
 def test_several_processes_writing_at_once_lose_and_split_nothing(tmp_path):
     context = multiprocessing.get_context("spawn")
     stop = context.Manager().Event()

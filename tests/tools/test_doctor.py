@@ -19,6 +19,7 @@ def versions(monkeypatch, **found):
     monkeypatch.setattr(doctor, "installed_version", lambda package: found.get(package, real(package)))
 
 
+@pytest.mark.multiprocess
 def test_every_check_passes_here(capsys):
     parser = argparse.ArgumentParser()
     doctor.add_arguments(parser)
@@ -81,6 +82,7 @@ runpy.run_module("mgpu_lab", run_name="__main__", alter_sys=True)
 """
 
 
+@pytest.mark.multiprocess
 def test_doctor_without_torch_prints_its_checklist():
     done = subprocess.run([sys.executable, "-c", NO_TORCH, "doctor", "--port", str(free_port())],
                           capture_output=True, text=True, timeout=120)
@@ -93,6 +95,7 @@ def test_doctor_without_torch_prints_its_checklist():
     assert lines[0].startswith("PASS python") and lines[-1].endswith("fix the FAIL lines above.")
 
 
+@pytest.mark.multiprocess
 def test_a_bare_python_gets_the_checklist_and_one_line_not_a_traceback(tmp_path):
     """A fresh venv with nothing installed (not even `packaging`), running the checkout: the first thing a newcomer
     may try before installing anything."""
@@ -150,9 +153,30 @@ def test_failing_check_makes_run_exit_nonzero(monkeypatch, capsys):
         "PASS good ok", "FAIL bad is broken. Fix: mend it.", "1 check(s) failed: fix the FAIL lines above."]
 
 
-def test_command_line_reports_a_missing_model():
-    done = subprocess.run([sys.executable, "-m", "mgpu_lab", "doctor", "--model", "no/such/model",
-                           "--port", str(free_port())], capture_output=True, text=True, timeout=300)
+@pytest.mark.multiprocess
+def test_command_line_reports_a_missing_model(cli_in_process):
+    done = cli_in_process("doctor", "--model", "no/such/model", "--port", str(free_port()))
     assert done.returncode == 1 and "FAIL model no/such/model" in done.stdout
     assert "PASS launch of 2 process(es)" in done.stdout and "Traceback" not in done.stderr
 
+
+
+@pytest.mark.parametrize("make", ["a file", "a folder no one can make"])
+def test_a_preset_cache_that_cannot_be_written_fails_with_one_fix(tmp_path, monkeypatch, make):
+    # Before: "All checks passed" with MGPU_LAB_CACHE at a file or an unwritable folder (lesson 6 then failed on
+    # small), and `doctor --model small` added an unrelated second "Fix:".
+    cache = tmp_path / "cache" if make == "a file" else Path("/proc/mgpu_lab-cache")  # not even root makes it
+    if make == "a file":
+        cache.write_text("not a folder")
+    monkeypatch.setenv("MGPU_LAB_CACHE", str(cache))
+    assert doctor.check_cache in doctor.checks("tiny", free_port())
+    for check in (doctor.check_cache(), doctor.check_model_loads("small")):
+        assert not check.ok and check.line().count("Fix:") == 1 and str(cache) in check.line(), check.line()
+        assert check.line().endswith("Fix: set MGPU_LAB_CACHE to a folder you can write to, or unset it "
+                                     "(then ~/.cache/mgpu_lab).")
+
+
+def test_a_writable_preset_cache_passes(tmp_path, monkeypatch):
+    monkeypatch.setenv("MGPU_LAB_CACHE", str(tmp_path / "new"))
+    check = doctor.check_cache()
+    assert check.ok and check.line() == f"PASS preset cache {tmp_path / 'new'} is writable"

