@@ -77,3 +77,19 @@ def plot_parallelism(runs: list) -> plt.Figure:
     memory.set(title="model held by each process", ylabel="MB per process")
     figure.tight_layout()
     return figure
+
+
+def plot_against_peer(records: list[dict]) -> plt.Figure:
+    """Each kit mode's tokens/s as a ratio to vLLM's on the same cores (records from bench --peer-python)."""
+    kit = [r for r in records if r.get("x_vllm")]
+    figure, axis = plt.subplots(figsize=(max(4, 1.2 * len(kit)), 4))
+    names = [f"{r['mode']}\n{r['num_processes']} proc, {r['max_new_tokens']} new" for r in kit]
+    bars = axis.bar(names, [r["x_vllm"] for r in kit], color="tab:blue")
+    for bar, r in zip(bars, kit):
+        axis.annotate(f"{r['x_vllm']:.2f}x", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                      ha="center", va="bottom", fontsize=8)
+    axis.axhline(1.0, color="gray", linestyle=":", label="vLLM, same cores")
+    axis.set(ylabel="tokens/s over vLLM's", title="the kit's modes against vLLM")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    return figure

@@ -78,26 +78,30 @@ def layout(summary: RunSummary) -> str:
 def format_records(records: list[dict | RunSummary | RunResult]) -> str:
     """Benchmark records (or run summaries, or results) as an aligned table: one line per configuration.
 
-    Where a record split the model (tensor parallelism), two more columns: the layout, and MB/proc, the model's
+    Beside a peer's records (engine vllm, from bench --peer-python), a column: each kit record's tokens/s over the
+    peer's on the same cores and new tokens. Where a record split the model (tensor parallelism), two more columns: the layout, and MB/proc, the model's
     bytes one process holds, where the record knows them (a bench record, a run's result).
     """
     records = [as_record(r) for r in records]
     ratios = any(r.get("x_input_order") for r in records)
+    peer = any(r.get("engine") == "vllm" for r in records)
     split = any(RunSummary.from_record(r).tp_size > 1 for r in records)
     lines = [f"{'mode':<11}{'procs':>5}" + (f"{'layout':>10}" if split else "") + f"{'batching':>20}{'mean':>6}"
              f"{'new':>5}{'tokens':>8}{'pad/real':>9}" + (f"{'MB/proc':>9}" if split else "")
              + f"{'wall s':>9}{'tokens/s':>11}{'roofline':>10}"
-             + (f"{'x input order':>15}{'limit':>7}" if ratios else "")]
+             + (f"{'x input order':>15}{'limit':>7}" if ratios else "") + (f"{'x vllm':>8}" if peer else "")]
     for r in records:
         s = RunSummary.from_record(r)
         roof = "-" if r.get("roofline_fraction") is None else f"{r['roofline_fraction']:.0%}"
         held = "-" if r.get("parameter_bytes") is None else f"{r['parameter_bytes'] / 1e6:.1f}"
         line = (f"{s.mode:<11}{s.num_processes:>5}" + (f"{layout(s):>10}" if split else "")
-                + f"{s.batching():>20}{mean_batch(s):>6}{s.max_new_tokens:>5}{s.generated_tokens:>8}"
+                + f"{'vLLM scheduler' if r.get('engine') == 'vllm' else s.batching():>20}{mean_batch(s):>6}{s.max_new_tokens:>5}{s.generated_tokens:>8}"
                 f"{s.padding_ratio:>9.2f}" + (f"{held:>9}" if split else "")
                 + f"{s.wall_s:>9.2f}{s.tokens_per_s:>11.1f}{roof:>10}")
         if ratios:
             line += f"{r['x_input_order'] or 0:>14.2f}x{r['padding_free_limit'] or 0:>6.2f}x"
+        if peer:
+            line += f"{r['x_vllm']:>7.2f}x" if r.get("x_vllm") else f"{'-':>8}"
         lines.append(line)
     return "\n".join(lines)
 

@@ -24,3 +24,18 @@ def roofline_fraction(tokens_per_s: float, processes: int, bandwidth_gbs: float,
                       batch: int = 1) -> float:
     """Measured tokens/s over the bound of `processes` GPUs each decoding `batch` sequences at once."""
     return tokens_per_s / (processes * tokens_per_s_bound(bandwidth_gbs, model_bytes, batch))
+
+
+def format_step_time(probe: dict, model_bytes: int, bandwidth_gbs: float) -> str:
+    """Where one decode step's time goes, from a decode probe (gpu-check --step decode-probe): reading the weights
+    once at full bandwidth, and everything else (host work: Python, kernel launches, cache bookkeeping)."""
+    read_ms = model_bytes / (bandwidth_gbs * 1e9) * 1e3
+    lines = [f"{probe['model']} ({probe['dtype']}) on {probe['device_name']}: reading its {model_bytes / 1e9:.1f} GB "
+             f"of weights at {bandwidth_gbs:.0f} GB/s takes {read_ms:.1f} ms per step, whatever the batch."]
+    for name, step in probe.items():
+        if isinstance(step, dict):
+            other = step["decode_step_ms"] - read_ms
+            lines.append(f"  {name:<24} {step['decode_step_ms']:6.1f} ms a step: weights {read_ms:.1f} ms, the rest "
+                         f"{other:5.1f} ms ({other / step['decode_step_ms']:.0%}); {step['roofline_fraction']:.0%} of "
+                         "the bound")
+    return "\n".join(lines)

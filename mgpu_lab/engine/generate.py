@@ -82,20 +82,35 @@ def pad_ids(tokenizer, rows: list[list[int]], device: torch.device | str = "cpu"
 
 @dataclass(frozen=True)
 class Work:
-    """Prompts to generate for: (index, prompt) items, their token ids by position, and how many new tokens."""
+    """Prompts to generate for: (index, prompt) items, their token ids by position, how many new tokens, and how
+    their batches are padded."""
 
     items: list[Item]
     ids: list[list[int]]  # items[p]'s token ids at position p
     max_new_tokens: int
     force_length: bool = False  # always max_new_tokens (shape presets, whose text is noise), never an early EOS
+    padding_side: str = "left"  # "right" is for the lessons, to show what goes wrong with it
 
     @classmethod
     def of(cls, tokenizer, prompts: list[str], max_new_tokens: int, add_special_tokens: bool = True,
-           force_length: bool = False) -> Work:
+           force_length: bool = False, padding_side: str = "left") -> Work:
         """Prompts checked, numbered from 0 and tokenized (BOS included, unless add_special_tokens=False)."""
         prompts = prompt_list(prompts)
         return cls(list(enumerate(prompts)), token_ids(tokenizer, prompts, add_special_tokens),
-                   whole_number("max_new_tokens", max_new_tokens), force_length)
+                   whole_number("max_new_tokens", max_new_tokens), force_length, padding_side)
+
+
+# (model, left-padded batch, its work, pad id, stop ids) -> prompt + new tokens, as `model.generate` returns them
+Decoder = Callable[[torch.nn.Module, BatchEncoding, Work, int, set[int]], torch.Tensor]
+
+
+def generate_decode(model, batch: BatchEncoding, work: Work, pad_id: int, stop_ids: set[int]) -> torch.Tensor:
+    """The decoder of most modes: one greedy `model.generate` call (engine/lean.py has the kit's own loops)."""
+    return model.generate(
+        **batch, max_new_tokens=work.max_new_tokens, do_sample=False, pad_token_id=pad_id,
+        min_new_tokens=work.max_new_tokens if work.force_length else None,
+        synced_gpus=False,  # FSDP-wrapped replicas (DP x TP) would otherwise step in lock-step with every other rank
+    )
 
 
 def generate_naive(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[Completion]:
@@ -109,9 +124,9 @@ def generate_batched(model, tokenizer, prompts: list[str], max_new_tokens: int, 
 
     The lessons pass padding_side="right" or add_special_tokens=False to show what goes wrong with them.
     """
-    work = Work.of(tokenizer, prompts, max_new_tokens, add_special_tokens)
+    work = Work.of(tokenizer, prompts, max_new_tokens, add_special_tokens, padding_side=padding_side)
     batches = fixed_batches(len(work.items), whole_number("batch_size", batch_size))
-    return generate_items(model, tokenizer, work, batches, padding_side=padding_side)
+    return generate_items(model, tokenizer, work, batches)
 
 
 class BatchOutOfMemory(RuntimeError):
@@ -124,19 +139,16 @@ class BatchOutOfMemory(RuntimeError):
 
 def generate_items(model, tokenizer, work: Work, batches: list[list[int]],
                    on_batch: Callable[[list[Completion]], None] | None = None,
-                   padding_side: str = "left") -> list[Completion]:
-    """Generate for the work's items, one call per batch of positions; `on_batch` sees each batch's results.
-
-    `padding_side="right"` is for the lessons, to show what goes wrong with it.
-    """
+                   decoder: Decoder = generate_decode) -> list[Completion]:
+    """Generate for the work's items, one `decoder` call per batch of positions; `on_batch` sees each batch's."""
     check_context(model, work.items, [len(row) for row in work.ids], work.max_new_tokens)
     completions = []
     for positions in batches:
-        batch = pad_ids(tokenizer, [work.ids[p] for p in positions], model.device, padding_side)
+        batch = pad_ids(tokenizer, [work.ids[p] for p in positions], model.device, work.padding_side)
         # FSDP's hooks (on DP x TP replicas, tensor_parallel.py) refuse inference tensors: no_grad is enough there
         with torch.inference_mode(not isinstance(model, FSDPModule)):
             try:
-                done = _completions(model, tokenizer, batch, [work.items[p] for p in positions], work)
+                done = _completions(model, tokenizer, batch, [work.items[p] for p in positions], work, decoder)
             except torch.cuda.OutOfMemoryError:
                 raise BatchOutOfMemory(len(positions)) from None
         if on_batch:
@@ -145,17 +157,12 @@ def generate_items(model, tokenizer, work: Work, batches: list[list[int]],
     return completions
 
 
-def _completions(model, tokenizer, batch, chunk: list[Item], work: Work) -> list[Completion]:
-    """Run one greedy generate call on a padded batch of `chunk` and cut each row at its first EOS."""
-    output = model.generate(
-        **batch, max_new_tokens=work.max_new_tokens, do_sample=False,
-        pad_token_id=tokenizer.convert_tokens_to_ids(pad_token(tokenizer)),
-        min_new_tokens=work.max_new_tokens if work.force_length else None,
-        synced_gpus=False,  # FSDP-wrapped replicas (DP x TP) would otherwise step in lock-step with every other rank
-    )
+def _completions(model, tokenizer, batch, chunk: list[Item], work: Work, decoder: Decoder) -> list[Completion]:
+    """Decode a padded batch of `chunk` greedily with `decoder` and cut each row at its first EOS."""
+    stop_ids = eos_ids(model, tokenizer)
+    output = decoder(model, batch, work, tokenizer.convert_tokens_to_ids(pad_token(tokenizer)), stop_ids)
     width = batch["input_ids"].shape[1]
     new_tokens = output[:, width:].tolist()  # the prompt (and its padding) is cut off
-    stop_ids = eos_ids(model, tokenizer)
     return [completion(tokenizer, item, new_tokens[row], stop_ids, int(batch["attention_mask"][row].sum()),
                        output.shape[1]) for row, item in enumerate(chunk)]
 

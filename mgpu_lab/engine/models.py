@@ -17,7 +17,7 @@ from typing import Iterator
 import torch
 import transformers
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_model
+from safetensors.torch import save_file
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM,
                           PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase)
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -29,6 +29,9 @@ from .validate import out_folder, preset_cache
 SHAPE_PREFIX = "shape:"
 SEED = 0
 SMALL_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+# How the small preset's weights file is laid out, part of its folder's name: builds before it stored the tied
+# embedding under lm_head.weight only, which transformers reads but vLLM does not (it ties lm_head to the embedding)
+SMALL_LAYOUT = b"tied embedding stored as model.embed_tokens.weight"
 DIGEST_FILE = "digest.json"  # the sha256 of each of SMALL_FILES, as the build wrote them; written last
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer.model.v3", "spiece.model", "vocab.json", "vocab.txt")
@@ -282,7 +285,7 @@ def _some(names) -> str:
 
 def small_folder() -> Path:
     """Where the `small` preset is cached: a folder named by a digest of what it is built from."""
-    config_text = (CONFIGS / "small.json").read_bytes() + (TINY / "tokenizer.json").read_bytes()
+    config_text = (CONFIGS / "small.json").read_bytes() + (TINY / "tokenizer.json").read_bytes() + SMALL_LAYOUT
     return cache_dir() / f"small-{hashlib.sha256(config_text).hexdigest()[:12]}"
 
 
@@ -339,7 +342,9 @@ def _build_small(folder: Path) -> None:
     staging.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would hide a shared cache from other users
     model.config.save_pretrained(staging)
     model.generation_config.save_pretrained(staging)
-    save_model(model, str(staging / "model.safetensors"), metadata={"format": "pt"})
+    tied = model.state_dict()  # the tied output layer is the embedding: stored once, under the embedding's name
+    save_file({name: tensor for name, tensor in tied.items() if name != "lm_head.weight"},
+              str(staging / "model.safetensors"), metadata={"format": "pt"})
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(TINY / name, staging / name)
     (staging / DIGEST_FILE).write_text(json.dumps(_digests(staging), indent=1) + "\n")

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .batching import budget_batches, fixed_batches, sorted_batches
+from .generate import Decoder, generate_decode
+from .lean import compiled_decode, lean_decode
 
 # (prompt lengths, the knob's value, max_new_tokens) -> batches, as lists of positions into the lengths
 Batcher = Callable[[list[int], int, int], list[list[int]]]
@@ -19,6 +21,7 @@ class Mode:
     knob: str | None = None  # the RunConfig field that sizes its batches: "batch_size", "token_budget", or None
     batches: Batcher | None = None  # None: the continuous-batching scheduler regroups requests at every step
     balanced: bool = False  # split prompts over processes by token count instead of by count
+    decoder: Decoder = generate_decode  # what decodes a batch: model.generate, or one of engine/lean.py's loops
 
 
 MODES = {
@@ -32,6 +35,13 @@ MODES = {
                    batches=lambda lengths, budget, new: budget_batches(lengths, new, budget)),
     "balanced": Mode("token-budget batches, prompts split over processes by token count", knob="token_budget",
                      batches=lambda lengths, budget, new: budget_batches(lengths, new, budget), balanced=True),
+    "lean": Mode("token-budget batches split by token count, decoded by the kit's own greedy loop: one prefill, "
+                 "one forward per step, rows leave as they end", knob="token_budget",
+                 batches=lambda lengths, budget, new: budget_batches(lengths, new, budget), balanced=True,
+                 decoder=lean_decode),
+    "compiled": Mode("batches of --batch-size prompts of similar length over a static KV cache, each decode step "
+                     "one torch.compile'd call (a GPU technique)", knob="batch_size",
+                     batches=lambda lengths, size, _: sorted_batches(lengths, size), decoder=compiled_decode),
     "continuous": Mode("continuous batching: transformers' paged-attention scheduler, --token-budget tokens "
                        "per step", knob="token_budget"),
 }

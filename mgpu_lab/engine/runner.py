@@ -221,7 +221,7 @@ def generate_with_mode(model, tokenizer, work: Work, mode: Mode, knob: int,
         return mine, sum(c.generated_tokens for c in mine), steps
     batches = mode.batches([len(row) for row in work.ids], knob, work.max_new_tokens)
     try:
-        mine = generate_items(model, tokenizer, work, batches, on_batch)
+        mine = generate_items(model, tokenizer, work, batches, on_batch, mode.decoder)
     except BatchOutOfMemory as error:
         raise torch.cuda.OutOfMemoryError(out_of_memory(mode, knob, error.rows)) from None
     return mine, len(work.items), len(batches)

@@ -28,6 +28,7 @@ from ..engine.tensor_parallel import parameter_bytes
 from ..engine.validate import positive_number, whole_number
 from ..files import lock, write_whole
 from ..launcher.launch import launch
+from .peer import Peer, agreement, check_peer, measure_peer
 
 RECORDS, RECORDS_CSV = "records.jsonl", "records.csv"
 
@@ -47,6 +48,7 @@ class Sweep:
     repeats: int = 3
     bandwidth_gbs: float | None = None
     token_budget: int | None = None  # None: measured by the first point that needs one
+    peer_python: str | None = None  # a venv's Python with vLLM: its LLM.generate is measured beside each point
 
     def points(self) -> list[tuple[str, int, int, int | None, int]]:
         """Every (mode, processes, TP size, batch size, new tokens) to measure; None where the knob is not batch size.
@@ -71,6 +73,7 @@ def measure_on_this_process(config: RunConfig, repeats: int) -> dict | None:
         return None
     model = context.model
     return {"runs": [r.summary for r in runs], "device_name": device_name(context.accelerator.device),
+            "token_ids": [c.token_ids for c in runs[-1].results],  # for the agreement with a peer, not recorded
             "model_params": model.num_parameters(),
             "model_bytes": model.num_parameters() * model.dtype.itemsize,
             "parameter_bytes": parameter_bytes(model)}  # what one process holds: model_bytes / tp_size, about
@@ -86,8 +89,8 @@ def make_record(sweep: Sweep, measured: dict) -> dict:
     runs: list[RunSummary] = measured.pop("runs")
     median = replace(runs[0], wall_s=statistics.median(r.wall_s for r in runs),
                      tokens_per_s=round(statistics.median(r.tokens_per_s for r in runs), 2))
-    return {**median.to_dict(), "prompt_set": sweep.prompt_set, "synthetic": is_synthetic(sweep.model),
-            "repeats": len(runs), "wall_s_all": [r.wall_s for r in runs], **measured,
+    return {**median.to_dict(), "engine": "mgpu_lab", "prompt_set": sweep.prompt_set,
+            "synthetic": is_synthetic(sweep.model), "repeats": len(runs), "wall_s_all": [r.wall_s for r in runs], **measured,
             **roofline_columns(median, measured, sweep.bandwidth_gbs),
             "versions": {"mgpu_lab": __version__, "torch": torch.__version__,
                          "transformers": transformers.__version__, "accelerate": accelerate.__version__},
@@ -116,6 +119,8 @@ def check_sweep(sweep: Sweep) -> list[tuple[RunConfig, int]]:
         for value in values if name != "modes" else ():
             whole_number(name, value)
     whole_number("repeats", sweep.repeats)
+    if sweep.peer_python is not None:
+        check_peer(sweep.peer_python, sweep.model)
     if sweep.bandwidth_gbs is not None:
         positive_number("bandwidth_gbs", sweep.bandwidth_gbs)
     if not sweep.points():
@@ -133,13 +138,22 @@ def run_sweep(sweep: Sweep, progress: bool = True, out_dir: Path | None = None) 
     Without a given token budget, the first point that needs one measures it and every later point (with the
     same new tokens) reuses it, so the modes are compared at one budget.
     """
-    records, budgets = [], {}
+    records, budgets, peers = [], {}, {}
     for config, processes in tqdm(check_sweep(sweep), desc="bench", disable=not progress):
         config = replace(config, token_budget=sweep.token_budget or budgets.get(config.max_new_tokens))
+        same_cores = (processes, config.max_new_tokens)
+        if sweep.peer_python and same_cores not in peers:  # the peer first, on the same cores
+            peers[same_cores] = measure_peer(Peer(sweep.peer_python, processes, sweep.repeats), config)
+            records.append({**peers[same_cores].record, "prompt_set": sweep.prompt_set})
+            if out_dir is not None:
+                save_records(records[-1:], out_dir)
         measured = launch(measure_on_this_process, (config, sweep.repeats), num_processes=processes, verbose=False)
         if measured is None:  # a non-zero rank under torchrun: rank 0 keeps the records
             continue
+        kit_ids = measured.pop("token_ids")
         records.append(make_record(sweep, measured))
+        if same_cores in peers:
+            records[-1]["vllm_agreement"] = agreement(kit_ids, *peers[same_cores].ids_and_stops)
         if out_dir is not None:
             save_records(records[-1:], out_dir)
         if records[-1]["token_budget"]:

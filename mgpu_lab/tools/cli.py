@@ -14,7 +14,7 @@ from . import doctor
 
 try:  # `python -m mgpu_lab doctor` runs without these (mgpu_lab/__main__.py); the rest need torch
     from ..course.demos import hello
-    from ..course.plots import plot_scaling
+    from ..course.plots import plot_against_peer, plot_scaling
     from ..course.report import format_completions, format_records, format_split, format_summary
     from ..launcher.bar import wanted
     from ..launcher.launch import DEFAULT_TIMEOUT_S, LaunchError, is_main_rank, launch
@@ -28,6 +28,7 @@ try:  # `python -m mgpu_lab doctor` runs without these (mgpu_lab/__main__.py); t
     from . import gpu_check
     from .arguments import Parser, cli_type
     from .bench import RECORDS, RECORDS_CSV, Sweep, against_input_order, check_records_folder, run_sweep
+    from .peer import against_peer, format_agreement
 except ImportError as missing:  # a fresh Python: say what is missing and how to install it, not a traceback
     print(f"error: {missing}. The kit's dependencies are not all installed in this Python ({sys.executable}). "
           "Fix: follow the README's Quickstart (torch first, then `pip install -r requirements.txt`), then "
@@ -123,18 +124,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
                   batch_sizes=args.batch_sizes,
                   max_new_tokens=args.max_new_tokens, model=args.model, prompts=tuple(read_prompts(args.prompts)),
                   prompt_set=args.prompt_set or (args.prompts or "default"), repeats=args.repeats,
-                  bandwidth_gbs=args.bandwidth_gbs, token_budget=args.token_budget)
+                  bandwidth_gbs=args.bandwidth_gbs, token_budget=args.token_budget, peer_python=args.peer_python)
     shown = is_main_rank() and not args.quiet and wanted(None)  # a terminal or a notebook watches, as for a run
-    records = against_input_order(run_sweep(sweep, progress=shown, out_dir=out))
+    records = against_peer(against_input_order(run_sweep(sweep, progress=shown, out_dir=out)))
     if not is_main_rank():
         return 0
     if args.json:
         print("\n".join(json.dumps(r, allow_nan=False) for r in records), flush=True)
     else:
         print(format_records(records))
+        for r in records:
+            if r.get("vllm_agreement"):
+                print(f"{r['mode']} on {r['num_processes']} process(es) vs vllm: {format_agreement(r['vllm_agreement'])}")
         print(f"\nRecords appended to {out / RECORDS} and {out / RECORDS_CSV}.", flush=True)
     if plot:
-        plot_scaling(records, mode=args.modes[-1]).savefig(plot, dpi=120)
+        figure = plot_against_peer(records) if args.peer_python else plot_scaling(records, mode=args.modes[-1])
+        figure.savefig(plot, dpi=120)
     return 0
 
 
@@ -169,6 +174,8 @@ def add_bench_options(parser: argparse.ArgumentParser) -> None:
                         help="folder for records.jsonl and records.csv (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the records as JSON lines on stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--peer-python", help="a Python with vLLM installed (its own venv, see the README): "
+                        "measure its LLM.generate on the same model, prompts and cores beside each point")
     parser.add_argument("--plot", help="save the scaling figure (the last mode's) to this image file (.png, .svg, .pdf, ...)")
 
 
@@ -239,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except LaunchError as error:
         print(f"error: {error.message}", file=sys.stderr)
-    except (ModelNotFoundError, PromptFileError, CorpusError, ValueError) as error:
+    except (ModelNotFoundError, PromptFileError, CorpusError, ValueError) as error:  # PeerError is a ValueError
         print(f"error: {error}", file=sys.stderr)
     except KeyboardInterrupt as interrupt:
         print(interrupt.args[0] if interrupt.args else "interrupted", file=sys.stderr)

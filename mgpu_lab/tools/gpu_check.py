@@ -31,6 +31,7 @@ BENCH_PROMPTS = 64  # enough for one batch of 64; naive (one prompt at a time) d
 BENCH_NEW_TOKENS = 32  # 64 x 32 one-by-one steps of a 7B model fit the 8-minute budget with room to spare
 AGREEMENT_NEW_TOKENS = 48
 AGREEMENT_DTYPES = ("float32", "bfloat16", "float16")  # fp16 stands in for a T4 (compute capability 7.5)
+PEER_MODEL = "small"  # vLLM reads a model folder; a shape preset has none (its random weights are built in memory)
 TP_MODEL = "small"  # a checkpoint (a shape preset is built whole in each process and cannot be split)
 BUDGET_S = 8 * 60  # the whole check; a step gets at most its own limit and what is left of this
 
@@ -49,10 +50,13 @@ class Step:
         return shlex.join(self.argv) + f"  > {self.log}"
 
 
-def plan(out: Path, gpus: int = 1) -> list[Step]:
+def plan(out: Path, gpus: int = 1, peer_python: str | None = None) -> list[Step]:
     """The steps of the check, most valuable first (a GPU lease may end early), writing into `out`.
 
     With 2 GPUs or more, a tensor-parallel step: 2 DP processes against one replica of TP 2 (records in out/tp).
+    decode-paths: eager generate against the kit's own loop and its static cache with one compiled step, at the
+    bench's batch sizes (records in out/decode-paths). With `peer_python` (a Python with vLLM), the same modes
+    beside vLLM on a model folder (records in out/vllm).
     """
     py = (sys.executable, "-m", "mgpu_lab")
     bench = (*py, "bench", "--model", BENCH_MODEL, "--num-processes", "1",
@@ -61,9 +65,17 @@ def plan(out: Path, gpus: int = 1) -> list[Step]:
              "--prompt-set", f"article-{BENCH_PROMPTS}", "--repeats", "1", "--out", str(out), "--json")
     tp = (*py, "bench", "--model", TP_MODEL, "--modes", "batched", "--num-processes", "2", "--tp-sizes", "1,2",
           "--max-new-tokens", str(BENCH_NEW_TOKENS), "--repeats", "1", "--out", str(out / "tp"), "--json")
+    paths = (*py, "bench", "--model", BENCH_MODEL, "--num-processes", "1", "--modes", "batched,compiled",
+             "--batch-sizes", "16,64", "--max-new-tokens", str(BENCH_NEW_TOKENS), "--prompts", str(out / "prompts.txt"),
+             "--prompt-set", f"article-{BENCH_PROMPTS}", "--repeats", "1", "--out", str(out / "decode-paths"), "--json")
+    peer = (*py, "bench", "--model", PEER_MODEL, "--num-processes", "1", "--modes", "batched,lean,compiled",
+            "--batch-sizes", "64", "--max-new-tokens", str(BENCH_NEW_TOKENS), "--repeats", "1",
+            "--peer-python", str(peer_python), "--out", str(out / "vllm"), "--json")
     return [
         Step("doctor", (*py, "doctor"), "doctor.txt", 60),
         Step("bench", bench, "bench.txt", 210),
+        Step("decode-paths", paths, "decode-paths.txt", 240),
+        *([Step("vllm", peer, "vllm.txt", 240)] if peer_python else []),
         Step("agreement", (*py, "gpu-check", "--step", "agreement", "--out", str(out)), "agreement.txt", 90),
         *([Step("tp", tp, "tp.txt", 90)] if gpus >= 2 else []),
         # H200, second session: 115 s with lesson 3's launches failing early; running them whole takes longer,
@@ -240,11 +252,13 @@ def summarize(out: Path, steps: list[dict], wall_s: float) -> dict:
     """summary.json and summary.md from the records and agreement the steps left in `out`."""
     records_file, agreement_file = out / "records.jsonl", out / "agreement.json"
     records = [json.loads(line) for line in records_file.read_text().splitlines()] if records_file.exists() else []
+    paths = [r for name in ("decode-paths", "vllm") if (out / name / "records.jsonl").exists()
+             for r in json.loads("[" + ",".join((out / name / "records.jsonl").read_text().splitlines()) + "]")]
     agreement = json.loads(agreement_file.read_text()) if agreement_file.exists() else {}
     summary = {"steps": steps, "wall_s": round(wall_s, 1), "agreement": agreement,
                "bench": [{k: r.get(k) for k in ("mode", "batch_size", "token_budget", "dtype", "device",
                                                 "tokens_per_s", "wall_s", "roofline_fraction", "padding_ratio")}
-                         for r in records], "ratios": ratios(records)}
+                         for r in records], "ratios": ratios(records), "decode_paths": decode_paths(paths)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / "summary.md").write_text(summary_markdown(summary))
     return summary
@@ -270,6 +284,18 @@ def ratios(records: list[dict]) -> dict:
     return found
 
 
+def decode_paths(records: list[dict]) -> list[dict]:
+    """Each mode of the decode-paths and vllm steps: tokens/s, roofline fraction, over eager batches, over vLLM."""
+    eager = {(r["model"], r["batch_size"]): r["tokens_per_s"] for r in records if r["mode"] == "batched"}
+    peer = {r["model"]: r["tokens_per_s"] for r in records if r.get("engine") == "vllm"}
+    return [{"model": r["model"], "mode": r["mode"], "batch": r["batch_size"] or r["token_budget"],
+             "tokens_per_s": r["tokens_per_s"], "roofline_fraction": r.get("roofline_fraction"),
+             "x_eager": round(r["tokens_per_s"] / eager[r["model"], r["batch_size"]], 2)
+             if (r["model"], r["batch_size"]) in eager else None,
+             "x_vllm": round(r["tokens_per_s"] / peer[r["model"]], 2) if r["model"] in peer else None}
+            for r in records]
+
+
 def summary_markdown(summary: dict) -> str:
     """The summary as a short Markdown page."""
     lines = ["# gpu-check", "", f"Total wall time: {summary['wall_s']} s", "", "| step | exit | seconds |",
@@ -278,6 +304,10 @@ def summary_markdown(summary: dict) -> str:
     lines += [f"| {r['mode']} | {r['batch_size'] or r['token_budget'] or '-'} | {r['dtype']} | {r['tokens_per_s']} "
               f"| {r['roofline_fraction']} | {r['padding_ratio']} |" for r in summary["bench"]]
     lines += ["", "Ratios: " + json.dumps(summary["ratios"]), "", "Agreement: " + json.dumps(summary["agreement"])]
+    lines += ["", "| decode path | model | batch | tokens/s | roofline fraction | x eager | x vLLM |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['mode']} | {r['model']} | {r['batch']} | {r['tokens_per_s']} | {r['roofline_fraction']} "
+              f"| {r['x_eager']} | {r['x_vllm']} |" for r in summary.get("decode_paths", [])]
     return "\n".join(lines) + "\n"
 
 
@@ -293,7 +323,7 @@ def run(args: argparse.Namespace) -> int:
     gpus = count_gpus()
     gpu_records = records_dir() / "gpu"
     out = Path(args.out) if args.out else (device_folder(gpu_records) if gpus else gpu_records / "<gpu>")
-    steps = plan(out, gpus)
+    steps = plan(out, gpus, args.peer_python)
     if args.dry_run or not gpus:
         if not gpus:
             print("No GPU found: gpu-check needs a CUDA GPU and did nothing." +
@@ -323,6 +353,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the commands it would run, run nothing")
     parser.add_argument("--out", help="folder for everything measured (default: records/gpu/<gpu name>)")
     parser.add_argument("--force", action="store_true", help="replace the records an earlier run left in --out")
+    parser.add_argument("--peer-python", help="a Python with vLLM: measure the kit's decode paths beside it "
+                        "(on the small preset's folder)")
     parser.add_argument("--step", choices=("lessons", "agreement", "decode-probe"),
                         help="run one step alone into --out; decode-probe (eager vs static cache + torch.compile, "
                              "about 2 minutes on an H200) is not part of the default run")

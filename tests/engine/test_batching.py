@@ -100,7 +100,7 @@ def test_continuous_batching_matches_naive_on_the_bundled_model(tiny, short_vari
     assert model.config._attn_implementation != "paged|sdpa"  # the model is left as it was
 
 
-@pytest.mark.parametrize("mode", ["sorted", "budget", "balanced", "continuous"])
+@pytest.mark.parametrize("mode", ["sorted", "budget", "balanced", "lean", "continuous"])
 @pytest.mark.multiprocess
 def test_every_mode_gives_one_result_per_prompt_in_order(mode, reference, short_varied):
     result = run(mode, "tiny", short_varied, num_processes=3, max_new_tokens=10, batch_size=4,
@@ -113,7 +113,8 @@ def test_every_mode_gives_one_result_per_prompt_in_order(mode, reference, short_
 
 
 def test_mode_names_list_every_mode():
-    assert mode_names() == ["naive", "batched", "sorted", "budget", "balanced", "continuous"]
+    assert mode_names() == ["naive", "batched", "sorted", "budget", "balanced", "lean", "compiled",
+                            "continuous"]
 
 
 @pytest.mark.multiprocess

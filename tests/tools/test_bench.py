@@ -155,10 +155,11 @@ def test_bench_help_lists_the_modes(cli_in_process):
 @pytest.mark.multiprocess
 def test_every_mode_records_its_knob_and_mean_batch_size():
     prompts = tuple(default_prompts(repeat=1)[:8])  # 4 per process: 2 batches of 2 each
-    sweep = Sweep(modes=tuple(MODES), num_processes=(2,), batch_sizes=(2,), max_new_tokens=(2,), prompts=prompts,
+    modes = tuple(m for m in MODES if m != "compiled")  # its compile takes a minute; tests/engine/test_lean.py
+    sweep = Sweep(modes=modes, num_processes=(2,), batch_sizes=(2,), max_new_tokens=(2,), prompts=prompts,
                   repeats=1, token_budget=64)
     records = {r["mode"]: r for r in run_sweep(sweep, progress=False)}
-    assert set(records) == set(MODES)
+    assert set(records) == set(modes)
     for name, r in records.items():
         knob = MODES[name].knob
         assert r["knob"] == knob

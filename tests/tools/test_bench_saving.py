@@ -20,7 +20,7 @@ def test_each_record_is_on_disk_before_the_next_point_runs(tmp_path, monkeypatch
         calls.append(args)
         if len(calls) == 3:
             raise RuntimeError("the third point failed")
-        return {"n": len(calls)}
+        return {"n": len(calls), "token_ids": [[len(calls)]]}  # what measure_on_this_process returns
 
     monkeypatch.setattr(bench, "launch", launch)
     monkeypatch.setattr(bench, "make_record", lambda sweep, measured: {**RECORD, **measured})

@@ -33,7 +33,9 @@ def test_dry_run_prints_every_step_with_its_command(cli_in_process, tmp_path):
     done = cli_in_process("gpu-check", "--dry-run", "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr
     steps = [line for line in done.stdout.splitlines() if line.startswith("  [")]
-    assert [line.split(",")[0] for line in steps] == ["  [doctor", "  [bench", "  [agreement", "  [lessons"]
+    assert [line.split(",")[0] for line in steps] == ["  [doctor", "  [bench", "  [decode-paths", "  [agreement",
+                                                      "  [lessons"]
+    assert "--modes batched,compiled --batch-sizes 16,64" in done.stdout
     assert "--model shape:llama2-7b --num-processes 1 --modes naive,batched,budget,continuous" in done.stdout
     assert "--batch-sizes 16,64" in done.stdout
     assert "The whole check stops after 480 s" in done.stdout  # the 8-minute budget
@@ -43,9 +45,11 @@ def test_dry_run_prints_every_step_with_its_command(cli_in_process, tmp_path):
 
 def test_dry_run_on_two_gpus_adds_the_tensor_parallel_step(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(gpu_check, "count_gpus", lambda: 2)
-    assert gpu_check.run(gpu_check.argparse.Namespace(step=None, out=str(tmp_path), dry_run=True)) == 0
+    args = gpu_check.argparse.Namespace(step=None, out=str(tmp_path), dry_run=True, peer_python="/venv/bin/python")
+    assert gpu_check.run(args) == 0
     out = capsys.readouterr().out
     assert "  [tp, at most 90 s]" in out and "--num-processes 2 --tp-sizes 1,2" in out and "skipped" not in out
+    assert "  [vllm, at most 240 s]" in out and "--peer-python /venv/bin/python" in out
     assert not any(tmp_path.iterdir())
 
 
@@ -140,7 +144,18 @@ def test_a_request_the_scheduler_failed_is_an_error_not_a_result(tiny, monkeypat
 def test_an_earlier_runs_records_are_not_replaced_unless_forced(tmp_path, monkeypatch):
     monkeypatch.setattr(gpu_check, "count_gpus", lambda: 1)
     (tmp_path / "summary.md").write_text("an earlier run")
-    args = gpu_check.argparse.Namespace(step=None, out=str(tmp_path), dry_run=False, force=False)
+    args = gpu_check.argparse.Namespace(step=None, out=str(tmp_path), dry_run=False, force=False,
+                                        peer_python=None)
     with pytest.raises(ValueError, match=r"summary.md already exists.*--force"):
         gpu_check.run(args)
     assert [p.name for p in tmp_path.iterdir()] == ["summary.md"]
+
+
+def test_decode_paths_are_ratios_to_eager_at_the_same_batch_and_to_vllm():
+    kit = {"model": "small", "token_budget": None, "roofline_fraction": 0.2}
+    records = [{**kit, "mode": "batched", "batch_size": 64, "tokens_per_s": 100.0},
+               {**kit, "mode": "compiled", "batch_size": 64, "tokens_per_s": 250.0},
+               {**kit, "mode": "compiled", "batch_size": 16, "tokens_per_s": 80.0},
+               {**kit, "mode": "vllm", "engine": "vllm", "batch_size": None, "tokens_per_s": 200.0}]
+    rows = gpu_check.decode_paths(records)
+    assert [(r["x_eager"], r["x_vllm"]) for r in rows] == [(1.0, 0.5), (2.5, 1.25), (None, 0.4), (None, 1.0)]
