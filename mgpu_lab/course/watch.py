@@ -24,6 +24,7 @@ class GenerateCall:
     right_padded: bool  # some row ends in padding (the attention mask ends in 0)
     bos_missing: bool  # some row's first real token is not BOS
     no_mask: bool  # several rows and no attention mask
+    prompts: tuple[tuple[int, ...], ...] = ()  # each row's tokens, padding (where the mask says) left out
 
 
 @dataclass
@@ -138,7 +139,16 @@ def describe_call(model: Any, args: tuple, kwargs: dict) -> GenerateCall:
     new_tokens = kwargs.get("max_new_tokens", getattr(config, "max_new_tokens", None))
     return GenerateCall(rows=rows, max_new_tokens=new_tokens,
                         right_padded=mask is not None and bool((mask[:, -1] == 0).any()),
-                        bos_missing=bos_missing, no_mask=mask is None and rows > 1)
+                        bos_missing=bos_missing, no_mask=mask is None and rows > 1, prompts=_rows(inputs, mask))
+
+
+def _rows(inputs: Any, mask: Any) -> tuple[tuple[int, ...], ...]:
+    """Each row of a generate call's input ids as plain numbers, without the positions its attention mask hides."""
+    if not isinstance(inputs, torch.Tensor) or inputs.dim() != 2:
+        return ()
+    if not isinstance(mask, torch.Tensor) or mask.shape != inputs.shape:
+        return tuple(tuple(row) for row in inputs.tolist())
+    return tuple(tuple(i for i, m in zip(row, keep) if m) for row, keep in zip(inputs.tolist(), mask.tolist()))
 
 
 @contextlib.contextmanager
