@@ -32,7 +32,7 @@ class Watched:
     """What one process's call of the learner's function returned and did."""
 
     result: Any = None
-    gathers: int = 0  # all_gather_object and tensor all_gather calls, through accelerate or not
+    gathers: int = 0  # all_gather_object, gather_object and tensor all_gather calls, through accelerate or not
     sent: list = field(default_factory=list)  # what this process put into each gather (a tensor as a list)
     calls: list[GenerateCall] = field(default_factory=list)  # every generate call, in order
     kit: str = ""  # a kit function that gathered or generated for the answer ("" when its own code did)
