@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections import Counter
 import random
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -18,6 +19,11 @@ from .verdicts import attempt, verdict
 from .watch import Watched, watched_everywhere
 
 SHORTEST_POOL = 40  # the pool's prompts have up to this many tokens: short enough to run in seconds on a CPU
+# A prompt of the pool that tiny answers with EOS after 8 new tokens, where every other one of the pool runs 10 or more:
+# planted in every draw in a batch of several rows, it ends its row early, so padding follows an EOS in that batch.
+EARLY_EOS = ("was a bright cold day in April, and the clocks were striking thirteen. It is a truth universally "
+             "acknowledged,")
+EARLY_EOS_TOKENS = 8
 
 
 @dataclass(frozen=True)
@@ -31,9 +37,25 @@ class BatchedCase:
 
     def shares(self) -> list[list[int]]:
         """The prompt indices each process holds under split_between_processes (contiguous, no padding)."""
-        size, extra = divmod(len(self.prompts), self.processes)
-        starts = [rank * size + min(rank, extra) for rank in range(self.processes + 1)]
-        return [list(range(starts[rank], starts[rank + 1])) for rank in range(self.processes)]
+        return contiguous_shares(len(self.prompts), self.processes)
+
+
+def contiguous_shares(count: int, processes: int) -> list[list[int]]:
+    """The indices of `count` prompts each of `processes` processes holds under split_between_processes."""
+    size, extra = divmod(count, processes)
+    starts = [rank * size + min(rank, extra) for rank in range(processes + 1)]
+    return [list(range(starts[rank], starts[rank + 1])) for rank in range(processes)]
+
+
+def crowded_positions(count: int, processes: int, batch_size: int) -> list[int]:
+    """The positions that share a generate call with another row, whether shares are contiguous blocks or strided."""
+    def batch_rows(shares: list[list[int]]) -> dict[int, int]:
+        return {index: len(share[start:start + batch_size]) for share in shares
+                for start in range(0, len(share), batch_size) for index in share[start:start + batch_size]}
+
+    blocks = batch_rows(contiguous_shares(count, processes))
+    strided = batch_rows([list(range(rank, count, processes)) for rank in range(processes)])
+    return [index for index in range(count) if blocks[index] > 1 and strided[index] > 1]
 
 
 @functools.cache
@@ -45,11 +67,15 @@ def prompt_pool() -> tuple[str, ...]:
 
 
 def draw_case(rng: random.Random | None = None) -> BatchedCase:
-    """A fresh case: 2 or 3 processes, batches of 2-4, 6-20 new tokens, enough prompts that process 0 makes 2+ calls."""
+    """A fresh case: 2 or 3 processes, batches of 2-4, 10-20 new tokens, enough prompts that process 0 makes 2+ calls,
+    and EARLY_EOS at a random place where it shares a batch, so one row always stops early inside a padded batch."""
     rng = rng or random.Random()
     processes, batch_size = rng.randint(2, 3), rng.randint(2, 4)
     count = rng.randint(processes * batch_size + 1, processes * batch_size * 2)
-    return BatchedCase([rng.choice(prompt_pool()) for _ in range(count)], rng.randint(6, 20), batch_size, processes)
+    others = [prompt for prompt in prompt_pool() if prompt != EARLY_EOS]
+    prompts = [rng.choice(others) for _ in range(count)]
+    prompts[rng.choice(crowded_positions(count, processes, batch_size))] = EARLY_EOS
+    return BatchedCase(prompts, rng.randint(EARLY_EOS_TOKENS + 2, 20), batch_size, processes)
 
 
 def reference_rows(case: BatchedCase) -> list[tuple[int, str, int]]:
@@ -107,12 +133,37 @@ def work_hint(seen: list[Watched], case: BatchedCase) -> str:
     if made != len(case.prompts):
         return (f"{case.processes} processes generated for {made} prompts in all, for {len(case.prompts)} prompts: "
                 "each process generates only the share split_between_processes gives it")
-    for rank, s in enumerate(seen):
-        calls = math.ceil(sum(s.batches) / case.batch_size)
+    for rank, (s, share) in enumerate(zip(seen, map(len, case.shares()))):
+        calls = math.ceil(share / case.batch_size)
+        if sum(s.batches) != share:
+            return (f"process {rank} generated for {sum(s.batches)} prompts, where its share holds {share}: every "
+                    "process generates its own share itself, at the same time as the others")
         if max(s.batches, default=0) > case.batch_size or len(s.batches) != calls:
             return (f"process {rank} made {len(s.batches)} generate call(s) of {s.batches} rows for its "
-                    f"{sum(s.batches)} prompts; batch_size={case.batch_size} means {calls} calls of at most "
+                    f"{share} prompts; batch_size={case.batch_size} means {calls} calls of at most "
                     f"{case.batch_size} rows: one call per chunk of the share")
+    return rows_hint(seen, case)
+
+
+def rows_hint(seen: list[Watched], case: BatchedCase) -> str:
+    """Whether the generate calls' rows, over every process, are the prompts given, each once; "" when they are (or
+    when a call's rows cannot be read apart from their padding, which a later hint names)."""
+    calls = [call for s in seen for call in s.calls]
+    if any(call.no_mask or len(call.prompts) != call.rows for call in calls):
+        return ""
+    tokenizer = load_tokenizer("tiny")
+    edges = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
+
+    def bare(ids: Any) -> tuple[int, ...]:
+        ids = list(ids)
+        while ids and ids[0] in edges:
+            ids.pop(0)
+        return tuple(ids)
+
+    given = Counter(bare(ids) for ids in tokenizer(case.prompts, add_special_tokens=False).input_ids)
+    if Counter(bare(row) for call in calls for row in call.prompts) != given:
+        return ("the generate calls' rows are not the prompts the function was given, each once: generate from the "
+                "prompts of each process's share")
     return ""
 
 

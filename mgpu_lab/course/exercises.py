@@ -11,6 +11,8 @@ import numbers
 import random
 from typing import Any, Callable
 
+import torch
+
 from ..engine.batching import budget_batches, fixed_batches
 from ..engine.results import Completion, first_difference
 from ..launcher.launch import launch
@@ -18,7 +20,7 @@ from ..engine.models import load_tokenizer
 from ..engine.prompts import default_prompts, varied_prompts
 from .batched_check import check_batched_function  # noqa: F401  (lesson 3's check, imported from here)
 from .demos import who_gets_what
-from .memory import best_layout
+from .memory import best_layout, bytes_per_gpu
 from .staircase import calls_on_busiest_rank
 from .verdicts import attempt, verdict
 from .watch import Watched, calls_into, watched_everywhere
@@ -57,22 +59,54 @@ def compare_runs(these: list[Completion], those: list[Completion], dtype: str) -
 
 
 def check_squares(fn: Callable[[], list[int]]) -> bool:
-    """Lesson 1: `fn`, run at two world sizes drawn at random, must gather each rank's square itself, in rank order."""
-    for processes in sorted(random.sample(range(2, 5), 2)):
-        seen, problem = attempt(launch, watched_everywhere, (fn,), num_processes=processes, verbose=False, cpu=True)
+    """Lesson 1: `fn`, run at two world sizes drawn at random, must gather each rank's square itself, in rank order.
+
+    The gather hands every square back `shift` higher (a number drawn for each launch), so only a list that came out of
+    the gather matches: one rebuilt in process 0 from its own arithmetic does not.
+    """
+    for processes in sorted(random.sample(range(2, 5), 2), reverse=True):  # 3 or 4 first: there rank != its square
+        shift = random.randint(100, 999) * 1000
+        seen, problem = attempt(launch, watched_squares, (fn, shift), num_processes=processes, verbose=False, cpu=True)
         if problem:
             return verdict(False, "", problem + (" (gather_object needs a list: wrap your value in [ ])"
                                                  if "not iterable" in problem else ""))
-        hint = squares_hint(seen)
+        hint = squares_hint(seen, shift)
         if hint:
             return verdict(False, "", hint)
     return verdict(True, "every process sent its own square and the gathered list came back in rank order, at two "
                    "world sizes", "")
 
 
-def squares_hint(seen: list[Watched]) -> str:
+def watched_squares(fn: Callable[[], list[int]], shift: int) -> list[Watched]:
+    """Run on every process: `fn()`, watched, with a gather of every rank's square handed back `shift` higher."""
+    return watched_everywhere(fn, retouch=functools.partial(shift_squares, shift))
+
+
+def shift_squares(shift: int, parts: list) -> None:
+    """When `parts` (what one gather received) is every rank's square, raise each by `shift`, in place."""
+    plain, squares = [as_plain(part) for part in parts], [r * r for r in range(len(parts))]
+    if plain not in (squares, [[square] for square in squares]):
+        return
+    for rank, part in enumerate(parts):
+        if isinstance(part, torch.Tensor):
+            part.add_(shift)
+        elif isinstance(part, (list, tuple)):
+            parts[rank] = type(part)(value + shift for value in part)
+        else:
+            parts[rank] = part + shift
+
+
+def unshifted(value: Any, shift: int) -> Any:
+    """A learner's result as they would see it outside the check: the gather's `shift` taken off again."""
+    if isinstance(value, list):
+        return [unshifted(item, shift) for item in value]
+    return value - shift if isinstance(value, numbers.Number) and value >= shift else value
+
+
+def squares_hint(seen: list[Watched], shift: int = 0) -> str:
     """What is wrong with one launch of the squares function; empty when every rank gathered its own square."""
     processes, result = len(seen), as_plain(seen[0].result)
+    squares = [rank ** 2 for rank in range(processes)]
     kit = next((s.kit for s in seen if s.kit), "")
     if kit:
         return f"the kit's {kit} gathered for you: build the Accelerator and call gather_object yourself"
@@ -83,9 +117,13 @@ def squares_hint(seen: list[Watched]) -> str:
         if not any(as_plain(sent) in ([rank ** 2], rank ** 2) for sent in s.sent):
             return (f"on {processes} processes, process {rank} sent {s.sent!r:.80} to the gather: each process sends "
                     "its own rank squared, and only that")
-    if result != [rank ** 2 for rank in range(processes)]:
-        return f"on {processes} processes, process 0 returned {result!r:.80}: return the gathered list, in rank order"
-    return ""
+    if result == [square + shift for square in squares]:
+        return ""
+    if result == squares and shift:
+        return (f"on {processes} processes, process 0 returned {result!r}, a list it made itself, not the one its "
+                "gather returned: return the gathered list (only the gather tells process 0 the others' squares)")
+    return (f"on {processes} processes, process 0 returned {unshifted(result, shift)!r:.80}: return the gathered "
+            "list, in rank order")
 
 
 def as_plain(value: Any) -> Any:
@@ -163,14 +201,31 @@ def _restore_hint(restored: Any, prompts: list[str], processes: int) -> str:
         return ""
     if isinstance(restored, (list, tuple)) and list(restored) == list(range(count)):
         return "return the (index, prompt) pairs themselves, not just the numbers 0 ... count - 1"
-    if pairs is not None and len(pairs) < count:
-        return (f"{count} prompts on {processes} processes gave only {len(pairs)} pairs: prompts can repeat, so "
-                "dropping duplicates by text loses real prompts; drop them by index")
+    if pairs is not None and set(pairs) <= set(enumerate(prompts)):
+        return _kept_pairs_hint(pairs, prompts, processes)
     indices = [pair[0] if len(pair) == 2 else None for pair in pairs] if pairs is not None else []
     if indices == list(range(count)):
         return ("the indices are right but not every prompt is the one shares hold for it: take each pair from "
                 "shares (the check's prompts change on every run, the article's list is not among them)")
     return f"{count} prompts on {processes} processes gave {restored!r:.160}"
+
+
+def _kept_pairs_hint(pairs: list[tuple], prompts: list[str], processes: int) -> str:
+    """What is wrong with pairs that are all real (index, prompt) pairs: some doubled, some missing, or out of order."""
+    count, indices = len(prompts), [index for index, _ in pairs]
+    where = f"{count} prompts on {processes} processes"
+    doubled = sorted({index for index in indices if indices.count(index) > 1})
+    if doubled:
+        return (f"{where}: index {doubled[0]} comes back {indices.count(doubled[0])} times: padding repeats the "
+                "last prompts on short processes, so keep one pair per index")
+    missing = sorted(set(range(count)) - set(indices))
+    if missing:
+        kept = {prompt for _, prompt in pairs}
+        if len(kept) == len(pairs) and all(prompts[index] in kept for index in missing):
+            return (f"{where} gave only {len(pairs)} pairs: prompts can repeat, so dropping duplicates by text loses "
+                    "real prompts; drop them by index")
+        return f"{where}: index {missing[0]} is missing: every index 0 ... {count - 1} comes back once"
+    return f"{where}: every pair is there once, but in the order {indices!s:.80}: sort them by index"
 
 
 def check_calls(fn: Callable[[int, int, int], int]) -> bool:
@@ -262,11 +317,13 @@ def padding(batches: list[list[int]], lengths: list[int]) -> float:
 GB, GiB = 10**9, 2**30  # model sizes in GB; a GPU's memory as vendors state it ("24 GB") is in GiB
 # (weights, KV cache, one GPU's memory, GPUs, attention heads) in bytes: a 7B, a 13B, a 13B of 25.5 GB that fits one
 # "24 GB" GPU only because that is 24 GiB (25.8 GB), a 13B with a big cache,
-# a 70B that needs the whole box, one of 8 GPUs whose 12 heads TP 8 does not divide, a 70B on too few GPUs.
+# a 70B that needs the whole box, one of 8 GPUs whose 12 heads TP 8 does not divide, a 70B on too few GPUs,
+# a copy that fills two GPUs to the last byte (it fits), and one on 6 GPUs that needs TP 3 (not a power of 2).
 LAYOUT_CASES = ((13.5 * GB, 4 * GB, 24 * GiB, 4, 32), (26 * GB, 4 * GB, 24 * GiB, 4, 40),
                 (22 * GB, 3.5 * GB, 24 * GiB, 4, 40),
                 (26 * GB, 40 * GB, 24 * GiB, 4, 40), (70 * GB, 10 * GB, 24 * GiB, 4, 32),
-                (110 * GB, 10 * GB, 24 * GiB, 8, 12), (140 * GB, 10 * GB, 24 * GiB, 4, 64))
+                (110 * GB, 10 * GB, 24 * GiB, 8, 12), (140 * GB, 10 * GB, 24 * GiB, 4, 64),
+                (40 * GiB, 8 * GiB, 24 * GiB, 4, 32), (52 * GB, 8 * GB, 24 * GiB, 6, 48))
 GPU_SIZES = (16, 24, 32, 40, 48, 80, 94, 141)  # GiB: common cards
 HEADS = (8, 12, 16, 20, 24, 25, 32, 40, 48, 52, 56, 64, 96, 128)
 
@@ -290,8 +347,10 @@ def check_layout(fn: Callable[[float, float, float, int, int], tuple[int, int] |
     and the heads; the GPUs left over hold more copies.
     """
     for box in [*LAYOUT_CASES, *random_boxes(30)]:
-        answer, problem = attempt(fn, *box)
-        hint = problem or layout_hint(answer, *box)
+        found, problem = attempt(calls_into, fn, box, [best_layout])
+        answer, kit = found or (None, "")
+        hint = (f"that is the kit's own {kit}: write the search over TP sizes yourself" if kit else problem
+                or layout_hint(answer, *box))
         if hint:
             return verdict(False, "", hint)
     return verdict(True, "your layout matches on every box, the lesson's and random ones: the smallest TP that fits, "
@@ -310,10 +369,15 @@ def layout_hint(answer: Any, weights: float, kv: float, gpu: float, gpus: int, h
     if not (isinstance(plain, list) and len(plain) == 2 and all(isinstance(n, numbers.Integral) for n in plain)):
         return f"{box}: return (replicas, tp_size), two whole numbers, or None when nothing fits"
     replicas, tp = plain
+    if plain[::-1] == list(expected):
+        return f"{box}: that reads as (tp_size, replicas); return (replicas, tp_size), replicas first"
     if tp < 1 or gpus % tp or heads % tp:
         return f"{box}: tp_size must divide both the {gpus} GPUs and the {heads} heads"
     if (weights + kv) / tp > gpu:
         return f"{box}: with TP {tp} each GPU holds (weights + KV cache) / {tp}, more than one GPU's memory"
     if replicas != gpus // tp:
         return f"{box}: with TP {tp} the {gpus} GPUs hold {gpus} // {tp} copies; replicas come first"
+    if bytes_per_gpu(weights, kv, expected[1]) == gpu:
+        return (f"{box}: a smaller TP size fills each GPU to the last byte, and that fits: a copy fits when it needs "
+                "at most (<=) one GPU's memory")
     return f"{box}: a smaller TP size also fits and divides both; the smallest leaves the most GPUs for copies"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import types
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Callable, Iterator
@@ -23,6 +24,7 @@ class GenerateCall:
     right_padded: bool  # some row ends in padding (the attention mask ends in 0)
     bos_missing: bool  # some row's first real token is not BOS
     no_mask: bool  # several rows and no attention mask
+    prompts: tuple[tuple[int, ...], ...] = ()  # each row's tokens, padding (where the mask says) left out
 
 
 @dataclass
@@ -30,7 +32,7 @@ class Watched:
     """What one process's call of the learner's function returned and did."""
 
     result: Any = None
-    gathers: int = 0  # all_gather_object and tensor all_gather calls, through accelerate or not
+    gathers: int = 0  # all_gather_object, gather_object and tensor all_gather calls, through accelerate or not
     sent: list = field(default_factory=list)  # what this process put into each gather (a tensor as a list)
     calls: list[GenerateCall] = field(default_factory=list)  # every generate call, in order
     kit: str = ""  # a kit function that gathered or generated for the answer ("" when its own code did)
@@ -41,17 +43,20 @@ class Watched:
         return [call.rows for call in self.calls]
 
 
-def watched(fn: Callable, *args: Any) -> Watched:
-    """Run on every process: call `fn(*args)` while counting its gathers and generate calls."""
+Retouch = Callable[[list], None]  # changes what one gather hands back (the list of every rank's part), in place
+
+
+def watched(fn: Callable, *args: Any, retouch: Retouch | None = None) -> Watched:
+    """Run on every process: call `fn(*args)` while counting its gathers (each retouched) and generate calls."""
     seen = Watched()
-    with _counting_gathers(seen), _counting_generates(seen):
+    with _counting_gathers(seen, retouch), _counting_generates(seen):
         seen.result = fn(*args)
     return seen
 
 
-def watched_everywhere(fn: Callable, *args: Any) -> list[Watched]:
+def watched_everywhere(fn: Callable, *args: Any, retouch: Retouch | None = None) -> list[Watched]:
     """Run on every process: `watched(fn, *args)`, then every process's record, in rank order."""
-    seen = watched(fn, *args)
+    seen = watched(fn, *args, retouch=retouch)
     if not torch.distributed.is_initialized():
         return [seen]
     records: list[Any] = [None] * torch.distributed.get_world_size()
@@ -74,26 +79,47 @@ def _as_list(value: Any) -> Any:
     return value.tolist() if isinstance(value, torch.Tensor) else value
 
 
+# Where a gather can be reached from (torch.distributed re-exports distributed_c10d's functions), and each one's
+# argument that this process sends and its argument that receives every process's part: (position, name).
+GATHER_MODULES = ("torch.distributed", "torch.distributed.distributed_c10d")
+GATHERS = {"all_gather_object": ((1, "obj"), (0, "object_list")), "all_gather": ((1, "tensor"), (0, "tensor_list")),
+           "gather_object": ((0, "obj"), (1, "object_gather_list"))}
+
+
 @contextlib.contextmanager
-def _counting_gathers(seen: Watched) -> Iterator[None]:
-    """Count and record torch.distributed.all_gather_object (accelerate's gather_object) and all_gather (its gather)."""
-    originals = {name: getattr(torch.distributed, name) for name in ("all_gather_object", "all_gather")}
+def _counting_gathers(seen: Watched, retouch: Retouch | None = None) -> Iterator[None]:
+    """Count and record every gather (accelerate's gather_object and gather, torch's, under any import path)."""
+    modules = [sys.modules[name] for name in GATHER_MODULES]
+    originals = {name: getattr(modules[0], name) for name in GATHERS}
+    inside: list[bool] = []  # all_gather_object gathers through all_gather: count the outer call only
 
     def counted(name: str) -> Callable:
-        def gather(output, value, *args, **kwargs):
+        def gather(*args, **kwargs):
+            if inside:
+                return originals[name](*args, **kwargs)
+            sent, received = (args[i] if len(args) > i else kwargs.get(key) for i, key in GATHERS[name])
             seen.gathers += 1
-            seen.sent.append(_as_list(value))
+            seen.sent.append(_as_list(sent))
             seen.kit = seen.kit or _kit_caller()
-            return originals[name](output, value, *args, **kwargs)
+            inside.append(True)
+            try:
+                answer = originals[name](*args, **kwargs)
+            finally:
+                inside.pop()
+            if retouch is not None and isinstance(received, list):
+                retouch(received)
+            return answer
         return gather
 
-    for name in originals:
-        setattr(torch.distributed, name, counted(name))
+    for module in modules:
+        for name in originals:
+            setattr(module, name, counted(name))
     try:
         yield
     finally:
-        for name, original in originals.items():
-            setattr(torch.distributed, name, original)
+        for module in modules:
+            for name, original in originals.items():
+                setattr(module, name, original)
 
 
 def describe_call(model: Any, args: tuple, kwargs: dict) -> GenerateCall:
@@ -113,7 +139,16 @@ def describe_call(model: Any, args: tuple, kwargs: dict) -> GenerateCall:
     new_tokens = kwargs.get("max_new_tokens", getattr(config, "max_new_tokens", None))
     return GenerateCall(rows=rows, max_new_tokens=new_tokens,
                         right_padded=mask is not None and bool((mask[:, -1] == 0).any()),
-                        bos_missing=bos_missing, no_mask=mask is None and rows > 1)
+                        bos_missing=bos_missing, no_mask=mask is None and rows > 1, prompts=_rows(inputs, mask))
+
+
+def _rows(inputs: Any, mask: Any) -> tuple[tuple[int, ...], ...]:
+    """Each row of a generate call's input ids as plain numbers, without the positions its attention mask hides."""
+    if not isinstance(inputs, torch.Tensor) or inputs.dim() != 2:
+        return ()
+    if not isinstance(mask, torch.Tensor) or mask.shape != inputs.shape:
+        return tuple(tuple(row) for row in inputs.tolist())
+    return tuple(tuple(i for i, m in zip(row, keep) if m) for row, keep in zip(inputs.tolist(), mask.tolist()))
 
 
 @contextlib.contextmanager
@@ -136,18 +171,37 @@ def _counting_generates(seen: Watched) -> Iterator[None]:
 
 
 def calls_into(fn: Callable, args: tuple, references: list[Callable]) -> tuple[Any, str]:
-    """Call `fn(*args)` in this process; return its result and the name of the first of `references` it called."""
-    codes = {reference.__code__: reference.__name__ for reference in references}
+    """Call `fn(*args)` in this process; return its result and the name of the first of `references` it called.
+
+    A call is seen however it is made: by any name, from a closure, another thread, or with the profiler off.
+    """
     called: list[str] = []
-
-    def profile(frame, event, _arg):
-        if event == "call" and frame.f_code in codes and not called:
-            called.append(codes[frame.f_code])
-
-    previous = sys.getprofile()
-    sys.setprofile(profile)
-    try:
+    with contextlib.ExitStack() as stack:
+        for reference in references:
+            stack.enter_context(_noticing(reference, called))
         result = fn(*args)
-    finally:
-        sys.setprofile(previous)
     return result, called[0] if called else ""
+
+
+@contextlib.contextmanager
+def _noticing(reference: types.FunctionType, called: list[str]) -> Iterator[None]:
+    """While open, `reference` itself (its code, so every reference to it) notes its name in `called`, then runs."""
+    code, name = reference.__code__, reference.__name__
+    hook = f"__mgpu_lab_noticing_{name}__"
+    original = types.FunctionType(code, reference.__globals__, name, reference.__defaults__, reference.__closure__)
+    original.__kwdefaults__ = reference.__kwdefaults__
+
+    def notice(*args: Any, **kwargs: Any) -> Any:
+        called.append(name)
+        return original(*args, **kwargs)
+
+    namespace: dict[str, Any] = {}
+    exec(compile(f"def {name}(*args, **kwargs):\n    return {hook}(*args, **kwargs)\n", KIT + "watch.py", "exec"),
+         namespace)
+    reference.__globals__[hook] = notice  # the forwarding code finds the hook in its function's own module
+    reference.__code__ = namespace[name].__code__
+    try:
+        yield
+    finally:
+        reference.__code__ = code
+        del reference.__globals__[hook]

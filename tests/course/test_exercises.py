@@ -3,6 +3,8 @@
 import contextlib
 import importlib.util
 import math
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from mgpu_lab.course import batched_check, exercises
 from mgpu_lab.course.demos import what_each_process_sees
+from mgpu_lab.course.memory import best_layout
 from mgpu_lab.course.staircase import calls_on_busiest_rank
 from mgpu_lab.course.watch import describe_call
 from mgpu_lab.launcher import launch as launch_module
@@ -224,6 +227,74 @@ def layout_in_gigabytes(weights, kv_cache, gpu_bytes, gpus, heads):
     return solutions.layout(weights, kv_cache, gpu_bytes / 2**30 * 1e9, gpus, heads)
 
 
+def layout_strictly_below(weights, kv_cache, gpu_bytes, gpus, heads):
+    """Wrong at the edge: a copy that fills a GPU exactly counts as not fitting (< where <= is meant)."""
+    for tp in range(1, gpus + 1):
+        if gpus % tp == 0 and heads % tp == 0 and (weights + kv_cache) / tp < gpu_bytes:
+            return gpus // tp, tp
+    return None
+
+
+def layout_powers_of_two(weights, kv_cache, gpu_bytes, gpus, heads):
+    """Wrong: tries TP sizes 1, 2, 4, 8 only, so TP 3 or 6 is never found."""
+    for tp in (1, 2, 4, 8):
+        if tp <= gpus and gpus % tp == 0 and heads % tp == 0 and (weights + kv_cache) / tp <= gpu_bytes:
+            return gpus // tp, tp
+    return None
+
+
+def calls_with_the_profiler_off(prompts, processes, batch_size):
+    """Turns off a profiler that might watch for kit calls, then calls the kit."""
+    sys.setprofile(None)
+    return calls_on_busiest_rank(prompts, processes, batch_size)
+
+
+def calls_in_another_thread(prompts, processes, batch_size):
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(calls_on_busiest_rank, prompts, processes, batch_size).result()
+
+
+def budget_with_the_profiler_off(lengths, new_tokens, budget):
+    sys.setprofile(None)
+    return budget_batches(lengths, new_tokens, budget)
+
+
+def budget_in_another_thread(lengths, new_tokens, budget):
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(budget_batches, lengths, new_tokens, budget).result()
+
+
+def restore_sorted_duplicates_kept(shares, count):
+    """Sorts, but keeps the padding's duplicates (10 prompts on 4 processes: index 9 three times)."""
+    return sorted(tuple(pair) for share in shares for pair in share)
+
+
+def restore_reversed(shares, count):
+    return sorted(solutions.restore(shares, count), reverse=True)
+
+
+def restore_one_dropped(shares, count):
+    """Drops one real pair: not by text (the others keep duplicates of text too), just one too few."""
+    return solutions.restore(shares, count)[:-1]
+
+
+def squares_gathered_then_made_here() -> list[int]:
+    """Gathers right, throws the gathered list away and returns one built in this process."""
+    accelerator = Accelerator()
+    gather_object([accelerator.process_index ** 2])
+    return [rank * rank for rank in range(accelerator.num_processes)]
+
+
+def squares_through_c10d() -> list[int]:
+    """Correct, another way: all_gather_object imported from torch's distributed_c10d module."""
+    from torch.distributed.distributed_c10d import all_gather_object
+
+    accelerator = Accelerator()
+    out = [None] * accelerator.num_processes
+    all_gather_object(out, accelerator.process_index ** 2)
+    return out
+
+
 def one_prompt_per_batch(lengths, new_tokens, budget):
     return [[i] for i in range(len(lengths))]
 
@@ -243,6 +314,7 @@ def test_check_accepts_the_solution(capsys, check, solution):
     launched(exercises.check_squares, squares_by_tensor_gather_as_list),
     launched(exercises.check_squares, squares_with_partial_state_and_a_tuple),
     launched(exercises.check_squares, squares_with_torch_itself),
+    launched(exercises.check_squares, squares_through_c10d),
     launched(exercises.check_restore, restore_as_lists),
     (exercises.check_calls, lambda p, n, b: -(-(-(-p // n)) // b)),
     (exercises.check_budget_batches, budget_largest_first),
@@ -265,12 +337,14 @@ def test_check_accepts_a_correct_answer_written_another_way(capsys, check, solut
     launched(exercises.check_squares, squares_for_three, "return the gathered list"),
     launched(exercises.check_squares, not_done, "NotImplementedError"),
     launched(exercises.check_restore, lambda shares, count: [p for s in shares for p in s][:count],
-     "10 prompts on 4 processes gave"),
+     "10 prompts on 4 processes: every pair is there once, but in the order"),
     launched(exercises.check_restore, lambda shares, count: list(range(count)), "not just the numbers"),
     launched(exercises.check_restore, restore_by_text, "drop them by index"),
     launched(exercises.check_restore, restore_the_article, "take each pair from shares"),
     launched(exercises.check_restore, restore_the_lessons_shares, "take each pair from shares"),
-    launched(exercises.check_restore, restore_for_the_fixed_cases, "10 prompts on 4 processes gave"),
+    launched(exercises.check_restore, restore_for_the_fixed_cases, "10 prompts on 4 processes: every pair is there once"),
+    launched(exercises.check_restore, lambda shares, count: sorted(restore_for_the_fixed_cases(shares, count)),
+             "12 prompts on 5 processes: index 11 comes back 2 times"),
     (exercises.check_calls, lambda p, n, b: p / (n * b), "you said 6.25"),
     (exercises.check_calls, lambda p, n, b: math.ceil(p / b), "4 processes"),
     (exercises.check_calls, lambda p, n, b: p // (n * b) + 1, "for 96 prompts, 1 processes, batches of 16: you said 7"),
@@ -292,13 +366,24 @@ def test_check_accepts_a_correct_answer_written_another_way(capsys, check, solut
      "the arguments you are given"),
     (exercises.check_layout, lambda w, kv, gpu, n, heads: LAYOUT_TABLE.get((w, kv, gpu, n, heads), (1, 1)),
      "you said (1, 1)"),
-    (exercises.check_layout, lambda w, kv, gpu, n, heads: (1, n), "you said (1, 4): a smaller TP size also fits"),
     (exercises.check_layout, lambda w, kv, gpu, n, heads: solutions.layout(w, 0, gpu, n, heads),
      "40 heads: you said (2, 2): with TP 2 each GPU holds (weights + KV cache) / 2, more than one GPU's memory"),
     (exercises.check_layout, lambda w, kv, gpu, n, heads: solutions.layout(w, kv, gpu, n, math.factorial(8)),
      "12 heads: you said (1, 8), but no TP size that divides the GPUs and the heads fits one copy: return None"),
     (exercises.check_layout, lambda w, kv, gpu, n, heads: tuple(reversed(solutions.layout(w, kv, gpu, n, heads))),
-     "you said (1, 4): a smaller TP size also fits"),
+     "you said (1, 4): that reads as (tp_size, replicas); return (replicas, tp_size)"),
+    (exercises.check_layout, lambda w, kv, gpu, n, heads: best_layout(w + kv, gpu, n, heads),
+     "the kit's own best_layout"),
+    (exercises.check_layout, layout_strictly_below, "fills each GPU to the last byte, and that fits"),
+    (exercises.check_layout, layout_powers_of_two, "on 6 x 24 GiB GPUs, 48 heads: you said None"),
+    (exercises.check_calls, calls_with_the_profiler_off, "the kit's own calls_on_busiest_rank"),
+    (exercises.check_calls, calls_in_another_thread, "the kit's own calls_on_busiest_rank"),
+    (exercises.check_budget_batches, budget_with_the_profiler_off, "the kit's own budget_batches"),
+    (exercises.check_budget_batches, budget_in_another_thread, "the kit's own budget_batches"),
+    (exercises.check_restore, restore_sorted_duplicates_kept, "comes back 3 times"),
+    (exercises.check_restore, restore_reversed, "in the order [9, 8, 7"),
+    (exercises.check_restore, restore_one_dropped, "is missing: every index"),
+    launched(exercises.check_squares, squares_gathered_then_made_here, "a list it made itself"),
 ])
 def test_check_rejects_a_wrong_answer_with_a_hint(capsys, check, wrong, hint):
     assert check(wrong) is False
@@ -313,6 +398,23 @@ def test_layout_hints_never_give_a_fixed_box_its_answer(capsys):
         out = capsys.readouterr().out
         box = exercises.LAYOUT_CASES[0]
         assert repr(exercises.best_layout(box[0] + box[1], *box[2:])) not in out
+
+
+def test_layout_hint_names_a_larger_tp_than_needed_when_it_is_not_the_answer_swapped():
+    """(1, 4) where (2, 2) is right is no swap: the hint says a smaller TP fits; where (4, 1) is right, it is one."""
+    hint = exercises.layout_hint((1, 4), 30 * exercises.GB, 0, 24 * exercises.GiB, 4, 32)
+    assert "a smaller TP size also fits" in hint
+    hint = exercises.layout_hint((1, 4), 10 * exercises.GB, 0, 24 * exercises.GiB, 4, 32)
+    assert "that reads as (tp_size, replicas)" in hint
+
+
+def test_kit_calls_are_seen_and_the_kit_is_left_as_it_was():
+    """Watching for a kit call swaps the kit function's code for the check only: afterwards it is the same function."""
+    code = calls_on_busiest_rank.__code__
+    assert exercises.calls_into(calls_in_another_thread, (100, 4, 16), [calls_on_busiest_rank]) == \
+        (calls_on_busiest_rank(100, 4, 16), "calls_on_busiest_rank")
+    assert calls_on_busiest_rank.__code__ is code
+    assert not any(key.startswith("__mgpu_lab") for key in calls_on_busiest_rank.__globals__)
 
 
 def test_layout_hint_names_a_tp_size_that_does_not_divide_the_heads():
@@ -439,6 +541,71 @@ def test_batched_function_check_wants_the_work_done_in_the_function(capsys, wron
     assert exercises.check_batched_function(wrong) is False
     out = capsys.readouterr().out
     assert out.startswith("✗ not yet:") and hint in out
+
+
+def process_0_does_it_all(by_shares: bool):
+    """Wrong: process 0 generates every prompt (share by share, or the whole list), the others wait, then gather."""
+    def batched(folder, prompts, max_new_tokens, batch_size):
+        accelerator = Accelerator()
+        model = AutoModelForCausalLM.from_pretrained(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        tokenizer.pad_token = tokenizer.eos_token
+        items = list(enumerate(prompts)) if accelerator.is_main_process else []
+        split = batched_check.contiguous_shares(len(items), accelerator.num_processes)
+        shares = [[items[i] for i in share] for share in split] if by_shares and items else [items]
+        results = []
+        for share in shares:
+            for start in range(0, len(share), batch_size):
+                chunk = share[start:start + batch_size]
+                batch = tokenizer([p for _, p in chunk], return_tensors="pt", padding=True, padding_side="left")
+                output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                        pad_token_id=tokenizer.eos_token_id)
+                for (index, _), new in zip(chunk, output[:, batch["input_ids"].shape[1]:].tolist()):
+                    if tokenizer.eos_token_id in new:
+                        new = new[:new.index(tokenizer.eos_token_id) + 1]
+                    results.append((index, tokenizer.decode(new, skip_special_tokens=True), len(new)))
+        return sorted(gather_object(results))
+    return batched
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("by_shares", [True, False])
+def test_batched_function_check_wants_every_process_to_generate_its_share(capsys, by_shares):
+    assert exercises.check_batched_function(process_0_does_it_all(by_shares), a_case()) is False
+    out = capsys.readouterr().out
+    assert out.startswith("✗ not yet:") and "process 0 generated for 8 prompts, where its share holds 4" in out
+
+
+@pytest.mark.multiprocess
+def test_padding_counted_after_eos_fails_on_every_random_draw(capsys):
+    """Every draw plants a prompt that stops early inside a batch of several rows, so the mistake always shows."""
+    for _ in range(2):
+        assert exercises.check_batched_function(batched_with(cut_eos=False)) is False
+        assert "up to and including the first EOS" in capsys.readouterr().out
+
+
+def test_every_draw_puts_the_early_eos_prompt_in_a_shared_batch():
+    for _ in range(50):
+        case = batched_check.draw_case()
+        position = case.prompts.index(batched_check.EARLY_EOS)
+        assert position in batched_check.crowded_positions(len(case.prompts), case.processes, case.batch_size)
+        assert case.max_new_tokens > batched_check.EARLY_EOS_TOKENS + 1
+        strided = [list(range(rank, len(case.prompts), case.processes)) for rank in range(case.processes)]
+        for shares in (case.shares(), strided):
+            share = next(share for share in shares if position in share)
+            start = share.index(position) // case.batch_size * case.batch_size
+            assert len(share[start:start + case.batch_size]) > 1
+
+
+def test_the_early_eos_prompt_stops_first():
+    """EARLY_EOS ends after 8 new tokens with tiny; every other prompt of the pool runs longer, so its row is padded."""
+    from mgpu_lab.engine.models import load_model
+
+    model, tokenizer = load_model("tiny")
+    pool = list(batched_check.prompt_pool())
+    made = {p: c.generated_tokens for p, c in zip(pool, generate_batched(model, tokenizer, pool, 20, 16))}
+    assert made[batched_check.EARLY_EOS] == batched_check.EARLY_EOS_TOKENS
+    assert min(n for p, n in made.items() if p != batched_check.EARLY_EOS) > batched_check.EARLY_EOS_TOKENS + 1
 
 
 @pytest.mark.multiprocess
