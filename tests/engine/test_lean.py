@@ -4,13 +4,22 @@ from dataclasses import replace
 
 import pytest
 
-from mgpu_lab.engine.generate import Work
+from mgpu_lab.engine.generate import Work, generate_naive
 from mgpu_lab.engine.lean import CompiledStep, lean_decode, static_decode
 from mgpu_lab.engine.modes import MODES
+from mgpu_lab.engine.prompts import default_prompts
 from mgpu_lab.engine.runner import generate_with_mode
-from tests.engine.test_generate import NEW_TOKENS, PROMPTS, naive  # noqa: F401  (the same reference, one place)
 
 pytestmark = pytest.mark.slow  # seconds of generation on tiny; the compiled step's test, tens of seconds more
+
+PROMPTS = default_prompts(repeat=2)  # 20 prompts of different lengths
+NEW_TOKENS = 24
+
+
+@pytest.fixture(scope="module")
+def naive(tiny):
+    model, tokenizer = tiny
+    return generate_naive(model, tokenizer, PROMPTS, NEW_TOKENS)
 
 
 def decoded(tiny, decoder, size=8, force_length=False, prompts=PROMPTS, new=NEW_TOKENS):
