@@ -79,3 +79,47 @@ def cli_in_process(monkeypatch, capfd):
         return subprocess.CompletedProcess(["mgpu_lab", *args], exited.value.code, out, err)
 
     return cli
+
+
+# Started with Python in each process (a sitecustomize), it registers first, so it runs last as Python exits: how many
+# gloo threads run then. One left running can still be freeing a collective's tensors when the interpreter goes, and
+# aborts the process ("terminate called without an active exception", exit -6), about one run in 50.
+EXIT_WATCH = '''
+import atexit, contextlib, os
+
+def _gloo_threads_at_exit():
+    count = 0
+    for task in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError), open(f"/proc/self/task/{task}/comm") as name:
+            count += "gloo" in name.read()
+    if "RANK" in os.environ:
+        with open(os.path.join(os.environ["EXIT_WATCH"], f"rank{os.environ['RANK']}"), "w") as record:
+            record.write(str(count))
+
+atexit.register(_gloo_threads_at_exit)
+'''
+
+
+class ExitWatch:
+    """The environment that makes every rank of a subprocess record its gloo threads at exit, and the records."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.records = folder, folder / "records"
+        self.records.mkdir()
+        (folder / "sitecustomize.py").write_text(EXIT_WATCH)
+        self.env = {"PYTHONPATH": str(folder), "EXIT_WATCH": str(self.records)}
+
+    def threads_left(self) -> dict[int, int]:
+        """Gloo threads still running as each rank's Python exited, by rank (then forgotten, for the next run)."""
+        found = {int(p.name.removeprefix("rank")): int(p.read_text()) for p in self.records.iterdir()}
+        for record in self.records.iterdir():
+            record.unlink()
+        return found
+
+
+@pytest.fixture
+def exit_watch(tmp_path_factory) -> ExitWatch:
+    """Run a torchrun subprocess with `env=exit_watch.env` (Linux: /proc), then check `exit_watch.threads_left()`."""
+    if not Path("/proc/self/task").is_dir():
+        pytest.skip("counts threads through /proc (Linux)")
+    return ExitWatch(tmp_path_factory.mktemp("exit_watch"))

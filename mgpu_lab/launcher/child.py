@@ -14,11 +14,17 @@ from dataclasses import dataclass
 from typing import Any, Callable, TextIO
 
 import torch
+import torch.distributed.nn  # noqa: F401 - see below
 from accelerate.state import PartialState
 from accelerate.utils import parse_flag_from_env
 
 from .folder import LaunchFolder
 from .tree import end_descendants, lead_own_group
+
+# torch.distributed.nn's functions take `group=group.WORLD` as a default, read when it is imported: imported after
+# a group exists (transformers imports it while loading a model), they keep that group alive for good, so
+# destroy_process_group() cannot stop its gloo threads, and one still freeing the last collective when Python
+# exits aborts the process (SIGABRT, "terminate called without an active exception"). Imported here, first.
 
 # One thread per process: a CPU process stands in for one GPU, and a forked child that starts an
 # OpenMP team after its parent already ran one (say, a generate() in the kernel) hangs for ever.

@@ -12,6 +12,7 @@ import ctypes
 import io
 import logging
 import multiprocessing.process
+import os
 import signal
 import sys
 import threading
@@ -114,8 +115,22 @@ def start_and_watch(start: Callable[[], None], env: dict, count: int, bar: Bar |
 def _end_groups_of_ended(processes: dict) -> None:
     """End the process group of each rank that has exited (what its function forked and left running)."""
     for pid, process in processes.items():
-        if process.exitcode is not None:
+        if has_exited(process):
             end_group(pid)
+
+
+def has_exited(process: multiprocessing.process.BaseProcess) -> bool:
+    """True once a launched process has exited, without reaping it: torch's thread does, and must see its status.
+
+    Reaping it here (`process.exitcode` calls waitpid) races torch's own waitpid, which then reads no status,
+    counts the rank as failed and fails a launch whose every process succeeded (seen about once in 100 launches).
+    """
+    if not hasattr(os, "waitid"):  # macOS: no way to look without reaping
+        return process.exitcode is not None
+    try:
+        return os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:  # already reaped: it exited
+        return True
 
 
 def _new_processes(before: set) -> dict:

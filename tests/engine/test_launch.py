@@ -177,6 +177,25 @@ def test_torchrun_runs_hello_without_launching_again():
     assert done.stdout.count("Hello from process 1 of 2") == 1
 
 
+@pytest.mark.multiprocess
+def test_under_torchrun_the_kit_frees_its_process_group_before_python_exits(tmp_path, exit_watch):
+    """Loading a model imports torch.distributed.nn, whose defaults would keep the group (and gloo threads) alive."""
+    (tmp_path / "prompts.txt").write_text("one\ntwo\nthree\n")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "mgpu_lab", "batched", "--model", "tiny", "--prompts", "prompts.txt",
+                           "--max-new-tokens", "3", "--quiet"],
+                          cwd=tmp_path, env={**os.environ, **exit_watch.env}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert exit_watch.threads_left() == {0: 0, 1: 0}
+
+
+def test_the_launcher_has_torch_distributed_nn_imported_before_it_makes_any_group():
+    """Imported after a group exists, its `group=WORLD` defaults would keep that group alive past destroy."""
+    code = "import sys, mgpu_lab.launcher.child; print('torch.distributed.nn' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "True", done.stderr[-2000:]
+
 def fail_everywhere() -> None:
     """Every rank raises the same error, as an unfinished exercise does."""
     raise NotImplementedError("not written yet")

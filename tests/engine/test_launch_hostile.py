@@ -195,3 +195,28 @@ def test_ctrl_c_ends_what_the_function_started_too(tmp_path):
         launch(start_sleeper_then_wait, (str(tmp_path),), num_processes=2, verbose=False)
     sleepers = [int(path.read_text()) for path in tmp_path.glob("sleeper*")]
     assert psutil.wait_procs([psutil.Process(p) for p in sleepers if not gone(p)], timeout=5)[1] == []
+
+
+def _exit_with_three() -> None:
+    os._exit(3)
+
+
+def test_the_watch_never_reaps_a_process_torch_waits_for():
+    """The launch's watch sees a rank has exited without taking its exit status: torch's thread must read it.
+
+    When the watch reaped it (process.exitcode calls waitpid), torch's own waitpid raced it, read no status and
+    failed a launch whose every process had succeeded (1 launch in about 100, under load).
+    """
+    import multiprocessing
+
+    from mgpu_lab.launcher.processes import _end_groups_of_ended, has_exited
+
+    process = multiprocessing.get_context("fork").Process(target=_exit_with_three)
+    process.start()
+    deadline = time.monotonic() + 30
+    while not has_exited(process):
+        assert time.monotonic() < deadline, "has_exited never saw the process exit"
+        time.sleep(0.01)
+    _end_groups_of_ended({process.pid: process})
+    assert os.waitpid(process.pid, 0) == (process.pid, 3 << 8)  # its status is still there for its owner
+    assert has_exited(process)  # and once reaped, it still counts as exited
