@@ -1,8 +1,8 @@
 """Greedy decoding without `generate`: one prefill, then one forward per step, and nothing else per step.
 
 `model.generate` runs logits processors, stopping criteria and cache bookkeeping at every step, and keeps computing
-rows that already ended. `lean_decode` prefills a left-padded batch once (logits at the last position only), takes
-the argmax, and drops each row from the batch (and from the KV cache) as soon as it ends. `static_decode` keeps the
+rows that already ended. `lean_decode` prefills a left-padded batch in groups of similar length (logits at the last position
+only), takes the argmax, and drops each row from the batch (and from the KV cache) as soon as it ends. `static_decode` keeps the
 batch whole and its KV cache preallocated (a `StaticCache`), so every step has the same shapes and one compiled
 step (`torch.compile`) serves them all: the host work of a step becomes one call. Both return what `generate`
 returns (prompt, new tokens, padding after an EOS), so the caller counts tokens the same way.
@@ -18,7 +18,8 @@ from transformers import BatchEncoding, DynamicCache, StaticCache
 from .generate import Work
 
 CACHE_BUCKET = 128  # static caches are a multiple of this long, so one compiled step serves most batches
-STEP_ATTRIBUTE = "_mgpu_lab_compiled_step"  # where a model keeps its compiled decode step between batches
+STEP_ATTRIBUTE = "_mgpu_lab_compiled_step"
+PREFILL_SLACK = 0.1  # a prefill group may compute this much padding beyond its real tokens  # where a model keeps its compiled decode step between batches
 
 
 def cache_argument(model) -> str:
@@ -38,16 +39,54 @@ def pick(logits: torch.Tensor, stops: torch.Tensor | None) -> torch.Tensor:
     return logits.argmax(-1)
 
 
+def tight_groups(lengths: list[int]) -> list[list[int]]:
+    """Rows in groups of similar length (shortest first): a group's padding stays under PREFILL_SLACK of its tokens."""
+    groups: list[list[int]] = []
+    total = 0
+    for row in sorted(range(len(lengths)), key=lambda r: (lengths[r], r)):
+        if groups and (len(groups[-1]) + 1) * lengths[row] <= (1 + PREFILL_SLACK) * (total + lengths[row]):
+            groups[-1].append(row)
+            total += lengths[row]
+        else:
+            groups.append([row])
+            total = lengths[row]
+    return groups
+
+
+def tight_prefill(model, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, DynamicCache]:
+    """Prefill a left-padded batch group by group, each cut to its own longest prompt; one KV cache for the batch.
+
+    A length-sorted batch of varied prompts is still about 40% padding, all of it computed in one prefill; here
+    each group computes its own tokens (and under PREFILL_SLACK more), and its keys and values are padded on the
+    left (masked, as padding is) to the batch's width. Returns the last position's logits of every row, in order.
+    """
+    width, lengths = ids.shape[1], mask.sum(-1).tolist()
+    groups = tight_groups(lengths)
+    last, layers = [], []
+    for group in groups:
+        rows, w = torch.tensor(group, device=ids.device), max(lengths[row] for row in group)
+        part, part_mask, cache = ids[rows, width - w:], mask[rows, width - w:], DynamicCache(config=model.config)
+        out = model(input_ids=part, attention_mask=part_mask, position_ids=left_positions(part_mask), use_cache=True,
+                    logits_to_keep=1, **{cache_argument(model): cache})
+        last.append(out.logits[:, -1])
+        layers.append([[torch.nn.functional.pad(t, (0, 0, width - w, 0)) for t in (layer.keys, layer.values)]
+                       for layer in cache.layers])
+    order = torch.tensor([row for group in groups for row in group], device=ids.device).argsort()
+    whole = DynamicCache(config=model.config)
+    for index in range(len(layers[0])):
+        keys, values = (torch.cat([group[index][kind] for group in layers])[order] for kind in (0, 1))
+        whole.update(keys, values, index)
+    return torch.cat(last)[order], whole
+
+
 @torch.inference_mode()
 def lean_decode(model, batch: BatchEncoding, work: Work, pad_id: int, stop_ids: set[int]) -> torch.Tensor:
     """Greedy tokens for a left-padded batch; a row leaves the batch at its first stop id (unless the work forces its length)."""
     ids, mask = batch["input_ids"], batch["attention_mask"]
     stops = torch.tensor(sorted(stop_ids), device=ids.device)
     banned = stops if work.force_length else None
-    cache = DynamicCache(config=model.config)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=left_positions(mask), use_cache=True,
-                logits_to_keep=1, **{cache_argument(model): cache})
-    token, rows = pick(out.logits[:, -1], banned), torch.arange(ids.shape[0], device=ids.device)
+    last, cache = tight_prefill(model, ids, mask)
+    token, rows = pick(last, banned), torch.arange(ids.shape[0], device=ids.device)
     new = torch.full((ids.shape[0], work.max_new_tokens), pad_id, dtype=ids.dtype, device=ids.device)
     position = left_positions(mask)[:, -1]
     for step in range(work.max_new_tokens):

@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 
 from mgpu_lab.engine.generate import Work, generate_naive
-from mgpu_lab.engine.lean import CompiledStep, lean_decode, static_decode
+from mgpu_lab.engine.lean import PREFILL_SLACK, CompiledStep, lean_decode, static_decode, tight_groups
 from mgpu_lab.engine.modes import MODES
 from mgpu_lab.engine.prompts import default_prompts
 from mgpu_lab.engine.runner import generate_with_mode
@@ -60,3 +60,28 @@ def test_one_compiled_step_equals_eager_and_serves_batches_of_other_widths(tiny,
 
     out = decoded(tiny, compiled, size=10)  # two batches of 10 rows, of different widths
     assert [c.token_ids for c in out] == [c.token_ids for c in naive]
+
+
+def test_prefill_groups_hold_every_row_once_and_pad_under_the_slack():
+    import random
+
+    lengths = [random.randint(1, 900) for _ in range(300)]
+    groups = tight_groups(lengths)
+    assert sorted(row for group in groups for row in group) == list(range(300))
+    assert 1 < len(groups) < 300
+    for group in groups:
+        width, real = max(lengths[row] for row in group), sum(lengths[row] for row in group)
+        assert len(group) * width <= (1 + PREFILL_SLACK) * real
+
+
+def test_lean_prefills_a_batch_of_mixed_lengths_in_groups_and_still_equals_naive(tiny):
+    model, tokenizer = tiny
+    prompts = [*PROMPTS[:6], *(" ".join(PROMPTS[i:i + k]) for i, k in [(0, 2), (2, 5), (5, 9)])]  # up to ~8x longer
+    lengths = [len(ids) for ids in Work.of(tokenizer, prompts, NEW_TOKENS).ids]
+    assert len(tight_groups(lengths)) > 2  # the one batch below is prefilled in several groups
+    prompts = prompts[::2] + prompts[1::2]  # rows not in length order: groups are put back in the batch's order
+    work = Work.of(tokenizer, prompts, NEW_TOKENS)
+    reference, _, _ = generate_with_mode(model, tokenizer, work, MODES["naive"], 1)
+    out, _, _ = generate_with_mode(model, tokenizer, work, replace(MODES["batched"], decoder=lean_decode), len(prompts))
+    assert [c.token_ids for c in sorted(out, key=lambda c: c.index)] == \
+        [c.token_ids for c in sorted(reference, key=lambda c: c.index)]
