@@ -129,8 +129,8 @@ def has_exited(process: multiprocessing.process.BaseProcess) -> bool:
         return process.exitcode is not None
     try:
         return os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    except ChildProcessError:  # already reaped: it exited
-        return True
+    except ChildProcessError:  # not ours to wait for (reaped already, or by someone else): never signal it here
+        return False
 
 
 def _new_processes(before: set) -> dict:
