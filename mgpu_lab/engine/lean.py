@@ -1,11 +1,11 @@
 """Greedy decoding without `generate`: one prefill, then one forward per step, and nothing else per step.
 
 `model.generate` runs logits processors, stopping criteria and cache bookkeeping at every step, and keeps computing
-rows that already ended. `lean_decode` prefills a left-padded batch in groups of similar length (logits at the last position
-only), takes the argmax, and drops each row from the batch (and from the KV cache) as soon as it ends. `static_decode` keeps the
-batch whole and its KV cache preallocated (a `StaticCache`), so every step has the same shapes and one compiled
-step (`torch.compile`) serves them all: the host work of a step becomes one call. Both return what `generate`
-returns (prompt, new tokens, padding after an EOS), so the caller counts tokens the same way.
+rows that already ended. `lean_decode` prefills a left-padded batch in groups of similar length (logits at the last
+position only), takes the argmax, and drops each row from the batch (and from the KV cache) as soon as it ends.
+`static_decode` keeps the batch whole and its KV cache preallocated (a `StaticCache`), so every step has the same
+shapes and one compiled step (`torch.compile`) serves them all: the host work of a step becomes one call. Both
+return what `generate` returns (prompt, new tokens, padding after an EOS), so the caller counts tokens the same way.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from transformers import BatchEncoding, DynamicCache, StaticCache
 from .generate import Work
 
 CACHE_BUCKET = 128  # static caches are a multiple of this long, so one compiled step serves most batches
-STEP_ATTRIBUTE = "_mgpu_lab_compiled_step"
-PREFILL_SLACK = 0.1  # a prefill group may compute this much padding beyond its real tokens  # where a model keeps its compiled decode step between batches
+STEP_ATTRIBUTE = "_mgpu_lab_compiled_step"  # where a model keeps its compiled decode step between batches
+PREFILL_SLACK = 0.1  # a prefill group may compute this much padding beyond its real tokens
 
 
 def cache_argument(model) -> str:
