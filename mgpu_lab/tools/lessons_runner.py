@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import json
@@ -130,6 +131,9 @@ def _stopped_on_interrupt(client: NotebookClient) -> Iterator[None]:
     finally:
         Interrupted.client = None
         _kill_kernel(client)
+        # nbclient unregisters its exit-time kernel cleanup when execute() returns; after a Ctrl-C the helper thread
+        # never returns, and that cleanup, run as Python exits, printed a traceback over the kernel killed above.
+        atexit.unregister(client._cleanup_kernel)
 
 
 def _kernel_pid(client: NotebookClient) -> int | None:
